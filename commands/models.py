@@ -1,0 +1,139 @@
+"""`llmctl models`: the registry of models, with lineage and metrics.
+
+Examples:
+    llmctl models list --json
+    llmctl models import ./my-hf-model --name mine
+    llmctl models show smollm2-135m-instruct
+    llmctl models remove mine --delete-files
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from llmctl.cli._common import ForceOpt, JsonOpt, command_line, emit_json, err, out
+
+app = typer.Typer(help="List, show, import and remove models in the registry.", no_args_is_help=True)
+
+
+def _when(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+
+
+@app.command("list")
+def list_models(json_out: JsonOpt = False) -> None:
+    """List registry models (name, format, parents, created).
+
+    Examples:
+        llmctl models list
+        llmctl models list --json | jq '.[].name'
+    """
+    from llmctl.registry import Registry
+
+    entries = Registry().list()
+    if json_out:
+        emit_json([e.to_json() for e in entries])
+        return
+    if not entries:
+        err.print("The registry is empty. Try `llmctl models import smollm2-135m-instruct`.")
+        return
+    table = Table("name", "format", "parents", "created", "metrics")
+    for e in entries:
+        table.add_row(e.name, e.format, ", ".join(e.parents) or "-", _when(e.created), str(len(e.metrics)))
+    out.print(table)
+
+
+@app.command("show")
+def show(name: Annotated[str, typer.Argument(help="Registry name.")], json_out: JsonOpt = False) -> None:
+    """Show one model: path, format, lineage, producing command, resolved profile and metrics.
+
+    Examples:
+        llmctl models show smol-alpaca-lora --json
+    """
+    from llmctl.profiles import dump_config
+    from llmctl.registry import Registry
+
+    reg = Registry()
+    entry = reg.get(name)
+    children = reg.children(name)
+    if json_out:
+        emit_json({**entry.to_json(), "children": children})
+        return
+    out.print(f"[bold]{entry.name}[/bold]  ({entry.format})")
+    out.print(f"path:     {entry.path}{'' if entry.managed else '  (registered in place)'}")
+    out.print(f"created:  {_when(entry.created)}")
+    out.print(f"parents:  {', '.join(entry.parents) or '-'}")
+    out.print(f"children: {', '.join(children) or '-'}")
+    out.print(f"command:  {entry.command or '-'}")
+    if entry.meta:
+        out.print("facts:")
+        for k, v in entry.meta.items():
+            out.print(f"  {k}: {v}")
+    if entry.metrics:
+        table = Table("metric", "value")
+        for k, v in sorted(entry.metrics.items()):
+            table.add_row(k, f"{v:.6g}" if isinstance(v, float) else str(v))
+        out.print(table)
+    if entry.profile:
+        out.print("resolved profile:")
+        out.print(dump_config(entry.profile).rstrip(), markup=False)
+
+
+@app.command("import")
+def import_(
+    src: Annotated[str, typer.Argument(help="HF model folder, PEFT adapter folder, .gguf file, or 'smollm2-135m-instruct' (the built-in default).")],
+    name: Annotated[Optional[str], typer.Option("--name", "-n", help="Registry name (default: from SRC).")] = None,
+    link: Annotated[bool, typer.Option("--link", help="Register the folder in place instead of copying it.")] = False,
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Import a model into the registry (GGUF files are converted to safetensors once).
+
+    Examples:
+        llmctl models import smollm2-135m-instruct
+        llmctl models import ./checkpoints/final --name my-model
+        llmctl models import model.Q4_K_M.gguf --name my-gguf
+    """
+    from llmctl.model_import import import_model
+    from llmctl.registry import Registry
+
+    with err.status(f"Importing {src} …"):
+        entry = import_model(Registry(), src, name, link=link, force=force, command=command_line())
+    if json_out:
+        emit_json(entry.to_json())
+    else:
+        err.print(f"Imported [bold]{entry.name}[/bold] ({entry.format}) → {entry.path}")
+
+
+@app.command("remove")
+def remove(
+    name: Annotated[str, typer.Argument(help="Registry name.")],
+    delete_files: Annotated[bool, typer.Option("--delete-files", help="Also delete the model's folder (llmctl-managed folders only).")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Remove a model from the registry (its files stay unless --delete-files).
+
+    Examples:
+        llmctl models remove old-run --delete-files
+    """
+    from pathlib import Path
+
+    from llmctl.registry import Registry
+
+    reg = Registry()
+    children = reg.children(name)
+    entry = reg.remove(name, delete_files=delete_files)
+    deleted = delete_files and entry.managed and not Path(entry.path).exists()
+    if json_out:
+        emit_json({"removed": entry.name, "path": entry.path, "files_deleted": deleted, "children": children})
+        return
+    what = "and deleted its files" if deleted else f"(files kept at {entry.path})"
+    err.print(f"Removed [bold]{entry.name}[/bold] {what}")
+    if delete_files and not entry.managed:
+        err.print("Files were registered in place (--link), so llmctl left them alone.")
+    if children:
+        err.print(f"Note: {', '.join(children)} list it as a parent.")

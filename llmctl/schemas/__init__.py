@@ -1,0 +1,1 @@
+"""One module per command holding its profile schema as `SCHEMA` (see llmctl/schema.py)."""
