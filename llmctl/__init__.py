@@ -15,4 +15,3 @@ if _os.environ.get("LLMCTL_ALLOW_NETWORK", "") not in ("1", "true", "yes"):
     for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
         _os.environ.setdefault(_var, "1")
 _os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # library chatter would drown our stderr
-_os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

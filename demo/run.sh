@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The llmctl lifecycle demo, offline, on the default model: runs every stage in demo/stages in order.
+# Usage: make demo   (or: bash demo/run.sh with llmctl on PATH)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export LLMCTL_HOME="${LLMCTL_HOME:-$PWD/demo-out/home}"
+export DEMO_OUT="${DEMO_OUT:-$PWD/demo-out}"
+export SHARED="${SHARED:-$(cd .. && pwd)/shared}"
+mkdir -p "$DEMO_OUT"
+echo "== llmctl demo (LLMCTL_HOME=$LLMCTL_HOME)"
+for stage in demo/stages/*.sh; do
+  echo
+  echo "== stage: $(basename "$stage" .sh)"
+  bash "$stage"
+done
+echo
+echo "== registry after the demo"
+llmctl models list
