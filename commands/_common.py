@@ -62,3 +62,24 @@ def resolve(command: str, profile: str | None, sets: list[str] | None, explicit:
             sys.stdout.write(dump_config(config))
         raise typer.Exit(0)
     return config
+
+
+# The common training knobs: same option names in `pretrain` and `finetune` (they override the profile).
+MaxStepsOpt = Annotated[Optional[int], typer.Option("--max-steps", help="Optimizer steps to run.")]
+EpochsOpt = Annotated[Optional[float], typer.Option("--epochs", help="Passes over the data (sets max steps).")]
+LrOpt = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate.")]
+BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Sequences per micro-batch.")]
+GradAccumOpt = Annotated[Optional[int], typer.Option("--grad-accum", help="Micro-batches per optimizer step.")]
+SeqLenOpt = Annotated[Optional[int], typer.Option("--seq-len", help="Tokens per training sequence.")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
+EvalEveryOpt = Annotated[Optional[int], typer.Option("--eval-every", help="Steps between validation runs (0 = off).")]
+SaveEveryOpt = Annotated[Optional[int], typer.Option("--save-every", help="Steps between checkpoints (0 = end only).")]
+
+
+def train_overrides(**knobs) -> dict:
+    """Map the common training options to their `train.*` profile keys (None = not given).
+
+    Examples:
+        explicit = train_overrides(max_steps=max_steps, lr=lr, device=device, dtype=dtype)
+    """
+    return {f"train.{k}": v for k, v in knobs.items()}
