@@ -11,9 +11,10 @@ import os
 import sys
 from typing import Annotated
 
-import click
 import typer
+from typer._click import exceptions as click_exc  # Typer 0.29 vendors its own click
 from typer.core import TyperGroup
+from typer.exceptions import Abort, Exit
 
 from llmctl import __version__
 from llmctl.cli import _common
@@ -30,21 +31,24 @@ class LlmctlGroup(TyperGroup):
         debug = "--debug" in args or os.environ.get("LLMCTL_DEBUG", "") in ("1", "true")
         try:
             rv = super().main(args, prog_name or "llmctl", complete_var, standalone_mode=False, **extra)
-        except click.exceptions.Exit as exc:
+        except Exit as exc:
             sys.exit(exc.exit_code)
-        except click.UsageError as exc:
+        except click_exc.NoArgsIsHelpError as exc:
+            sys.stdout.write(exc.format_message() + "\n")  # a bare group shows its help
+            sys.exit(0)
+        except click_exc.UsageError as exc:
             if debug:
                 raise
             ctx = exc.ctx
             where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-            sys.stderr.write(f"Error: {exc.format_message()}{where}\n")
+            sys.stderr.write(f"Error: {exc.format_message().rstrip('.')}{where}\n")
             sys.exit(2)
-        except click.ClickException as exc:
+        except click_exc.ClickException as exc:
             if debug:
                 raise
             sys.stderr.write(f"Error: {exc.format_message()}\n")
             sys.exit(exc.exit_code)
-        except click.Abort:
+        except Abort:
             sys.stderr.write("Error: aborted\n")
             sys.exit(1)
         except KeyboardInterrupt:

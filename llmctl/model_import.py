@@ -51,11 +51,11 @@ def check_weights(path: Path) -> None:
     files = sorted(path.glob("*.safetensors"))
     for file in files:
         try:
+            _check_safetensors_size(file)
             with safe_open(str(file), framework="pt") as fh:
                 keys = list(fh.keys())
                 if keys:
                     fh.get_slice(keys[-1])  # touches the header's offsets against the file
-            _check_safetensors_size(file)
         except LlmctlError:
             raise
         except Exception as exc:  # safetensors raises its own error types
