@@ -66,7 +66,7 @@ def _valid_messages(messages) -> bool:
         for m in messages)
 
 
-def _prompt_texts(tokenizer, items: list[dict], chat: bool | None, system: str | None) -> list[str]:
+def _prompt_texts(tokenizer, items: list[dict], chat: bool | None, system: str | None) -> tuple[list[str], bool]:
     has_template = bool(getattr(tokenizer, "chat_template", None))
     use_chat = has_template if chat is None else chat
     if use_chat and not has_template:
@@ -182,7 +182,7 @@ def generate(model: str, items: list[dict], config: dict, adapter: str | None = 
     for start in range(0, len(order), bs):
         idx = order[start:start + bs]
         enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-        enc = {k: v.to(loaded.device) for k, v in enc.items()}
+        enc = {k: enc[k].to(loaded.device) for k in ("input_ids", "attention_mask")}
         prompt_len = enc["input_ids"].shape[1]
         kwargs = generation_kwargs(mdl, tok, config, prompt_len)
         with torch.inference_mode():
