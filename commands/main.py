@@ -19,6 +19,11 @@ from typer.exceptions import Abort, Exit
 from llmctl import __version__
 from llmctl.cli import _common
 from llmctl.cli import generate, models, profiles
+from llmctl.cli import finetune as finetune_cmd
+from llmctl.cli import merge_lora as merge_lora_cmd
+from llmctl.cli import eval as eval_cmd
+from llmctl.cli import quantize as quantize_cmd
+from llmctl.cli import tokenize as tokenize_cmd
 from llmctl.errors import LlmctlError
 
 
@@ -104,6 +109,11 @@ def root(
 app.add_typer(models.app, name="models")
 app.add_typer(profiles.app, name="profiles")
 app.command("generate")(generate.generate)
+app.command("finetune")(finetune_cmd.finetune)
+app.command("merge-lora")(merge_lora_cmd.merge_lora)
+app.command("quantize")(quantize_cmd.quantize)
+app.add_typer(eval_cmd.app, name="eval")
+app.add_typer(tokenize_cmd.app, name="tokenize")
 
 
 def run() -> None:
