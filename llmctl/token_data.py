@@ -109,6 +109,26 @@ class ShardWriter:
             if self._in_shard >= self.shard_tokens:
                 self._finish()
 
+    def add_documents(self, flat, lengths) -> None:
+        """Append many documents at once: `flat` is their ids back to back, `lengths` each one's count."""
+        import numpy as np
+
+        lengths = np.asarray(lengths, dtype=np.int64)
+        starts = self.total + np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else lengths
+        arr = np.asarray(flat, dtype=self.np_dtype)
+        pos = 0
+        while pos < len(arr):
+            if self._fh is None:
+                self._open()
+            part = arr[pos:pos + self.shard_tokens - self._in_shard]
+            self._fh.write(part.tobytes())
+            self._in_shard += len(part)
+            self.total += len(part)
+            pos += len(part)
+            if self._in_shard >= self.shard_tokens:
+                self._finish()
+        self.doc_offsets.extend(int(x) for x in starts)
+
     def close(self) -> dict:
         """Finish the last shard and write the doc offsets; return this split's index entry."""
         import numpy as np
