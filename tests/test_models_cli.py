@@ -125,3 +125,17 @@ def test_usage_error_exit_2(cli):
     res = cli("models", "show")
     assert res.exit_code == 2
     assert res.stderr == "Error: Missing argument 'name' (see `llmctl models show --help`)\n"
+
+
+@pytest.mark.default_model
+def test_import_builtin_default_converts_once(cli, llmctl_home):
+    res = cli("models", "import", "smollm2-135m-instruct", "--json")
+    assert res.exit_code == 0, res.stderr
+    entry = json.loads(res.stdout)
+    path = Path(entry["path"])
+    assert entry["format"] == "hf" and entry["meta"]["source_format"] == "gguf"
+    assert (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file()
+    # later uses load the converted folder, not the GGUF
+    from llmctl.resolve import resolve_model
+
+    assert resolve_model("smollm2-135m-instruct").path == str(path)
