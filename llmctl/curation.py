@@ -225,6 +225,7 @@ class ExactDedup:
 
 
 MINHASH_SEED = 1
+MINHASH_SCHEME = "affine32"  # datasketch 2.x default; named so signatures stay comparable across versions
 
 
 def shingles(text: str, size: int = 5) -> list[bytes]:
@@ -239,7 +240,7 @@ def minhash_signature(text: str, num_perm: int = 128, shingle_size: int = 5):
     """The MinHash signature (numpy uint64 array of num_perm values) of a document's word shingles."""
     from datasketch import MinHash
 
-    m = MinHash(num_perm=num_perm, seed=MINHASH_SEED)
+    m = MinHash(num_perm=num_perm, seed=MINHASH_SEED, scheme=MINHASH_SCHEME)
     m.update_batch(shingles(text, shingle_size))
     return m.hashvalues
 
@@ -262,7 +263,7 @@ class NearDedup:
     def is_duplicate(self, key, signature) -> bool:
         from datasketch import LeanMinHash
 
-        m = LeanMinHash(seed=MINHASH_SEED, hashvalues=signature)
+        m = LeanMinHash(seed=MINHASH_SEED, hashvalues=signature, scheme=MINHASH_SCHEME)
         if self.lsh.query(m):
             return True
         self.lsh.insert(key, m, check_duplication=False)
