@@ -24,6 +24,7 @@ from llmctl.cli import merge_lora as merge_lora_cmd
 from llmctl.cli import eval as eval_cmd
 from llmctl.cli import quantize as quantize_cmd
 from llmctl.cli import tokenize as tokenize_cmd
+from llmctl.cli import pretrain as pretrain_cmd
 from llmctl.errors import LlmctlError
 
 
@@ -114,6 +115,7 @@ app.command("merge-lora")(merge_lora_cmd.merge_lora)
 app.command("quantize")(quantize_cmd.quantize)
 app.add_typer(eval_cmd.app, name="eval")
 app.add_typer(tokenize_cmd.app, name="tokenize")
+app.command("pretrain")(pretrain_cmd.pretrain)
 
 
 def run() -> None:

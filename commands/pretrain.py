@@ -1,0 +1,90 @@
+"""`llmctl pretrain`: train a LLaMA or GPT-2 style model from scratch on a tokenized data dir.
+
+Examples:
+    llmctl pretrain --profile shakespeare-tiny --data data/shakespeare --name my-tiny
+    llmctl pretrain -p shakespeare-tiny --data D --name my-tiny --resume
+    torchrun --nproc_per_node 2 $(which llmctl) pretrain -p gpt2-124m --data D --name g --set dist.strategy=fsdp
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from llmctl.cli._common import (BatchSizeOpt, DeviceOpt, DryRunOpt, DtypeOpt, EpochsOpt, EvalEveryOpt, ForceOpt,
+                                GradAccumOpt, JsonOpt, LrOpt, MaxStepsOpt, ProfileOpt, SaveEveryOpt, SeedOpt,
+                                SeqLenOpt, SetOpt, command_line, emit_json, err, resolve, train_overrides)
+
+
+def pretrain(
+    data: Annotated[Path, typer.Option("--data", "-d", help="Tokenized data dir (from `llmctl tokenize encode`).")],
+    name: Annotated[str, typer.Option("--name", "-n", help="Registry name of the trained model (run dir: $LLMCTL_HOME/runs/NAME).")],
+    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="Tokenizer (name or folder); must be the one the data was encoded with.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run NAME from its latest checkpoint.")] = False,
+    max_steps: MaxStepsOpt = None,
+    epochs: EpochsOpt = None,
+    lr: LrOpt = None,
+    batch_size: BatchSizeOpt = None,
+    grad_accum: GradAccumOpt = None,
+    seq_len: SeqLenOpt = None,
+    seed: SeedOpt = None,
+    eval_every: EvalEveryOpt = None,
+    save_every: SaveEveryOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+    dry_run: DryRunOpt = False,
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Pretrain a model from scratch (single process, or DDP/FSDP under torchrun) and register it.
+
+    Examples:
+        llmctl pretrain --profile shakespeare-tiny --data data/shakespeare --name my-tiny
+        llmctl pretrain -p shakespeare-tiny --data D --name my-tiny --max-steps 2000 --lr 1e-3
+        llmctl pretrain -p shakespeare-tiny --data D --name my-tiny --resume
+        torchrun --nproc_per_node 2 $(which llmctl) pretrain -p llama-125m --data D --name l --set dist.strategy=fsdp
+    """
+    from llmctl.pretrain import pretrain as run_pretrain
+
+    explicit = train_overrides(max_steps=max_steps, epochs=epochs, lr=lr, batch_size=batch_size,
+                               grad_accum=grad_accum, seq_len=seq_len, seed=seed, eval_every=eval_every,
+                               save_every=save_every, device=device, dtype=dtype)
+    config = resolve("pretrain", profile, set_, explicit, dry_run, json_out)
+    result = run_pretrain(data, name, config, tokenizer=tokenizer, resume=resume, force=force,
+                          command=command_line(), on_log=None if json_out else _print_log)
+    if result.get("model_path") is None:
+        return  # a non-zero rank under torchrun: rank 0 reports
+    if json_out:
+        emit_json(result)
+        return
+    final = result["final"]
+    val = (f", val loss {final['val_loss']:.4f}, ppl {final['val_ppl']:.2f}"
+           + (f", {final['val_bpb']:.4f} bits/byte" if "val_bpb" in final else "")) if final else ""
+    err.print(f"Trained {result['name']}: {result['steps']} steps, {result['tokens_trained']:,} tokens in "
+              f"{result['seconds']} s{val}")
+    err.print(f"Registered {result['name']} at {result['model_path']}; run dir {result['run_dir']}")
+
+
+def _print_log(row: dict) -> None:
+    event = row.get("event")
+    if event == "start":
+        where = f" x{row['world']} ({row['strategy']})" if row["world"] > 1 else ""
+        resumed = f", resuming at step {row['resumed_from']}" if row["resumed_from"] is not None else ""
+        err.print(f"Training {row['params'] / 1e6:.2f}M parameters on {row['device']}{where}, {row['max_steps']} steps of "
+                  f"{row['tokens_per_step']:,} tokens{resumed}; run dir {row['run_dir']}")
+    elif event == "rollback":
+        err.print(f"[yellow]loss spike {row['spike_loss']:.3f}: rolled back to step {row['step']}, "
+                  f"LR x{row['lr_scale']:g} (rollback {row['rollbacks']})[/yellow]")
+    elif event == "spike":
+        err.print(f"[yellow]loss spike {row['loss']:.3f} at step {row['step']}: {row['note']}[/yellow]")
+    elif "val_loss" in row:
+        bpb = f", {row['val_bpb']:.4f} bits/byte" if "val_bpb" in row else ""
+        err.print(f"step {row['step']}: val loss {row['val_loss']:.4f}, ppl {row['val_ppl']:.2f}{bpb}")
+    elif "loss" in row:
+        mfu = f", MFU {row['mfu']:.1%}" if "mfu" in row else ""
+        err.print(f"step {row['step']}: loss {row['loss']:.4f}, lr {row['lr']:.2e}, "
+                  f"{row['tokens_per_s']:,.0f} tokens/s{mfu}")
