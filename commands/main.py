@@ -23,6 +23,7 @@ from llmctl.cli import finetune as finetune_cmd
 from llmctl.cli import merge_lora as merge_lora_cmd
 from llmctl.cli import eval as eval_cmd
 from llmctl.cli import quantize as quantize_cmd
+from llmctl.cli import prune as prune_cmd
 from llmctl.cli import tokenize as tokenize_cmd
 from llmctl.cli import pretrain as pretrain_cmd
 from llmctl.errors import LlmctlError
@@ -113,6 +114,7 @@ app.command("generate")(generate.generate)
 app.command("finetune")(finetune_cmd.finetune)
 app.command("merge-lora")(merge_lora_cmd.merge_lora)
 app.command("quantize")(quantize_cmd.quantize)
+app.command("prune")(prune_cmd.prune)
 app.add_typer(eval_cmd.app, name="eval")
 app.add_typer(tokenize_cmd.app, name="tokenize")
 app.command("pretrain")(pretrain_cmd.pretrain)

@@ -162,11 +162,47 @@ def _load_peft(resolved: ResolvedModel, dtype, device: str, **kwargs):
     return model.to(device), tokenizer
 
 
+def _load_inc_woq(resolved: ResolvedModel, dtype, device: str, **kwargs):
+    """neural-compressor weight-only folder (llmctl quantize --algo rtn|gptq|awq|teq|autoround)."""
+    from llmctl.quantize import load_inc_woq
+
+    return load_inc_woq(resolved.path).to(device), load_tokenizer(resolved.path)
+
+
+def _load_inc_int8(resolved: ResolvedModel, dtype, device: str, **kwargs):
+    """int8 W8A8 folder (llmctl quantize --algo dynamic-int8|smoothquant); CPU kernels only."""
+    from llmctl.quantize import load_int8
+
+    if device != "cpu":
+        raise LlmctlError(f"{resolved.label} is an int8 (W8A8) model, which runs on CPU only", hint="use --device cpu")
+    return load_int8(resolved.path), load_tokenizer(resolved.path)
+
+
+def _load_openvino(resolved: ResolvedModel, dtype, device: str, **kwargs):
+    """OpenVINO IR folder (llmctl quantize --backend openvino), run by OpenVINO on CPU."""
+    from llmctl.quantize import load_openvino
+
+    if device != "cpu":
+        raise LlmctlError(f"{resolved.label} is an OpenVINO model; llmctl runs it on CPU", hint="use --device cpu")
+    return load_openvino(resolved.path), load_tokenizer(resolved.path)
+
+
+def _load_bnb(resolved: ResolvedModel, dtype, device: str, **kwargs):
+    """HF folder quantized by bitsandbytes at load time (llmctl quantize --backend bnb)."""
+    from llmctl.quantize import load_bnb
+
+    return load_bnb(resolved.path, device), load_tokenizer(resolved.path)
+
+
 # format → loader(resolved, torch_dtype, device, **kwargs) -> (model, tokenizer)
 LOADERS: dict[str, Callable] = {
     "hf": _load_hf,
     "gguf": _load_gguf,
     "peft-adapter": _load_peft,
+    "inc-woq": _load_inc_woq,
+    "inc-int8": _load_inc_int8,
+    "openvino": _load_openvino,
+    "bnb": _load_bnb,
 }
 
 
@@ -192,5 +228,6 @@ def load_model(resolved: ResolvedModel | str, dtype: Any = "auto", device: str =
             raise LlmctlError(f"--adapter {adapter} is a {ad.format!r} model, not a PEFT adapter",
                               hint="pass an adapter made by `llmctl finetune --method lora` or a PEFT adapter folder")
         model = attach_adapter(model, ad.path, ad.label).to(device)
-    model.eval()
+    if hasattr(model, "eval"):
+        model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, device=device, dtype=torch_dtype, resolved=resolved)

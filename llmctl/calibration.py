@@ -1,0 +1,204 @@
+"""Calibration and held-out text for `quantize` and `prune`: one reader, one sampler.
+
+A calibration source is a text file, a JSONL/JSON file of records (text, prompt/output,
+instruction/input/output or chat messages) or a registry entry of format "data". Calibration
+windows are non-overlapping token chunks picked at random (seeded); held-out text for
+perplexity is the tail of the same source, never used for calibration, unless an explicit
+evaluation file is given.
+
+Examples:
+    text, what = read_source("../shared/data/wikitext-2-raw/wiki.test.raw")
+    data = prepare_data(tokenizer, calib="wiki.test.raw", samples=32, seqlen=512, seed=0,
+                        eval_data=None, eval_tokens=8192)
+    data.windows[0].shape, data.eval_text[:40]
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmctl.errors import LlmctlError
+
+TEXT_SUFFIXES = (".txt", ".raw", ".md", ".text", "")
+
+
+def _record_text(obj) -> str | None:
+    """The text of one JSON record in any of the usual layouts, or None."""
+    if isinstance(obj, str):
+        return obj
+    if not isinstance(obj, dict):
+        return None
+    if isinstance(obj.get("text"), str):
+        return obj["text"]
+    if isinstance(obj.get("messages"), list):
+        parts = [m.get("content", "") for m in obj["messages"] if isinstance(m, dict)]
+        return "\n".join(p for p in parts if isinstance(p, str))
+    if isinstance(obj.get("instruction"), str):
+        parts = [obj.get("instruction"), obj.get("input"), obj.get("output")]
+        return "\n".join(p for p in parts if isinstance(p, str) and p)
+    if isinstance(obj.get("prompt"), str):
+        answer = obj.get("output", obj.get("completion", obj.get("response", "")))
+        return obj["prompt"] + ("\n" + answer if isinstance(answer, str) and answer else "")
+    return None
+
+
+def _read_records(path: Path) -> str:
+    raw = path.read_text(encoding="utf-8")
+    texts: list[str] = []
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise LlmctlError(f"{path} is not valid JSON ({exc.msg})",
+                              hint="give a JSON array of records, a JSONL file or plain text") from exc
+        rows = data if isinstance(data, list) else [data]
+        for number, obj in enumerate(rows, start=1):
+            text = _record_text(obj)
+            if text is None:
+                raise LlmctlError(f"{path} item {number} has no text field",
+                                  hint="records need \"text\", \"prompt\", \"instruction\" or \"messages\"")
+            texts.append(text)
+    else:
+        for number, line in enumerate(raw.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise LlmctlError(f"{path} line {number} is not valid JSON ({exc.msg})",
+                                  hint="each line must be one JSON object, e.g. {\"text\": \"...\"}") from exc
+            text = _record_text(obj)
+            if text is None:
+                raise LlmctlError(f"{path} line {number} has no text field",
+                                  hint="records need \"text\", \"prompt\", \"instruction\" or \"messages\"")
+            texts.append(text)
+    return "\n\n".join(t for t in texts if t.strip())
+
+
+def read_path(path: Path) -> str:
+    """Read one file (text, .jsonl or .json) or every such file in a folder, as one text."""
+    from llmctl.perplexity import read_text
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in
+                       (".jsonl", ".json", ".txt", ".raw", ".md", ".text") and not p.name.startswith(".")
+                       and p.name not in ("llmctl-entry.json", "config.json", "tokenizer.json"))
+        if not files:
+            raise LlmctlError(f"data folder {path} has no .txt, .raw, .jsonl or .json files",
+                              hint="point --calib-data at a text or JSONL file")
+        return "\n\n".join(read_path(f) for f in files)
+    if not path.is_file():
+        raise LlmctlError(f"calibration data {path} not found",
+                          hint="give a text file, a JSONL file or a registry data name")
+    if path.suffix.lower() in (".jsonl", ".json"):
+        text = _read_records(path)
+        if not text.strip():
+            raise LlmctlError(f"{path} has no text in it", hint="give a file with some text")
+        return text
+    return read_text(path)
+
+
+def read_source(source: str) -> tuple[str, str]:
+    """Text of a calibration source (path or registry data name) and a short description of it."""
+    path = Path(source).expanduser()
+    if path.exists():
+        return read_path(path), str(path.resolve())
+    from llmctl.registry import Registry
+
+    entry = Registry().find(source)
+    if entry is not None:
+        if entry.format != "data":
+            raise LlmctlError(f"{source!r} is a {entry.format!r} model, not a data set",
+                              hint="give a text/JSONL file or a registry entry of format 'data'")
+        return read_path(Path(entry.path)), f"registry:{source}"
+    raise LlmctlError(f"calibration data {source} not found",
+                      hint="give a text file, a JSONL file or a registry data name (see `llmctl models list`)")
+
+
+@dataclass
+class PreparedData:
+    """Calibration windows (each a 1×seqlen LongTensor) and held-out text for perplexity."""
+
+    windows: list = field(default_factory=list)
+    eval_text: str | None = None
+    calib_source: str | None = None
+    eval_source: str | None = None
+    calib_tokens: int = 0
+    eval_tokens: int = 0
+
+    def describe(self) -> dict:
+        return {"calib_data": self.calib_source, "calib_samples": len(self.windows),
+                "calib_seqlen": int(self.windows[0].shape[1]) if self.windows else None,
+                "calib_source_tokens": self.calib_tokens, "eval_data": self.eval_source,
+                "eval_tokens": self.eval_tokens}
+
+
+def encode(tokenizer, text: str):
+    import torch
+
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    return ids.to(torch.long)
+
+
+def sample_windows(ids, samples: int, seqlen: int, seed: int, what: str = "calibration data") -> list:
+    """`samples` non-overlapping windows of `seqlen` tokens from ids, chosen at random with seed."""
+    if samples < 1 or seqlen < 2:
+        raise LlmctlError(f"need at least 1 calibration sample of at least 2 tokens (got {samples} × {seqlen})")
+    n_chunks = ids.numel() // seqlen
+    if n_chunks < samples:
+        raise LlmctlError(
+            f"{what} has {ids.numel()} tokens, fewer than the {samples} × {seqlen} = {samples * seqlen} asked for",
+            hint="give a longer file, or lower --calib-samples / --calib-seqlen")
+    rng = random.Random(seed)
+    picks = sorted(rng.sample(range(n_chunks), samples))
+    return [ids[k * seqlen:(k + 1) * seqlen].unsqueeze(0) for k in picks]
+
+
+def prepare_data(tokenizer, calib: str | None, samples: int, seqlen: int, seed: int,
+                 eval_data: str | None, eval_tokens: int, need_calib: bool) -> PreparedData:
+    """Read and tokenize calibration and held-out data once; every size problem is reported up front.
+
+    Held-out text: `eval_data` if given (its first eval_tokens tokens), else the last eval_tokens
+    tokens of the calibration source (which calibration then never sees). No source: no perplexity.
+    """
+    out = PreparedData()
+    if need_calib and not calib:
+        raise LlmctlError("this method needs calibration data", hint="pass --calib-data FILE (text or JSONL)")
+    calib_ids = None
+    if calib:
+        text, out.calib_source = read_source(calib)
+        calib_ids = encode(tokenizer, text)
+        out.calib_tokens = int(calib_ids.numel())
+    if eval_data:
+        text, out.eval_source = read_source(eval_data)
+        ids = encode(tokenizer, text)[:eval_tokens] if eval_tokens else encode(tokenizer, text)
+        out.eval_text = tokenizer.decode(ids)
+        out.eval_tokens = int(ids.numel())
+    elif calib_ids is not None and eval_tokens:
+        held = calib_ids[-eval_tokens:]
+        if need_calib:
+            if calib_ids.numel() - eval_tokens < samples * seqlen:
+                raise LlmctlError(
+                    f"calibration data {calib} has {calib_ids.numel()} tokens, fewer than {samples} × {seqlen} "
+                    f"calibration tokens plus {eval_tokens} held-out tokens for perplexity",
+                    hint="give a longer file, lower --calib-samples/--calib-seqlen/--eval-tokens, or pass --eval-data")
+            calib_ids = calib_ids[:-eval_tokens]
+        out.eval_text = tokenizer.decode(held)
+        out.eval_tokens = int(held.numel())
+        out.eval_source = f"{out.calib_source} (last {out.eval_tokens} tokens, held out)"
+    if need_calib:
+        out.windows = sample_windows(calib_ids, samples, seqlen, seed, what=f"calibration data {calib}")
+    return out
+
+
+def held_out_perplexity(model, tokenizer, text: str | None, seqlen: int = 512) -> float | None:
+    """Token perplexity of text with non-overlapping windows (llmctl.perplexity); None without text."""
+    if not text:
+        return None
+    from llmctl.perplexity import perplexity
+
+    return round(perplexity(model, tokenizer, text, seqlen=seqlen, stride=seqlen)["perplexity"], 4)

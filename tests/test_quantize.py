@@ -1,0 +1,153 @@
+"""quantize: INC weight-only/int8, OpenVINO and bnb outputs load by name; bad input is one clear line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import _CORPUS, write_jsonl
+
+
+@pytest.fixture
+def calib_file(tmp_path):
+    path = tmp_path / "calib.txt"
+    path.write_text("\n".join(_CORPUS * 6), encoding="utf-8")
+    return path
+
+
+def _quant(cli, *args):
+    return cli("quantize", "--model", "tiny", "--calib-samples", "4", "--calib-seqlen", "32",
+               "--eval-tokens", "256", "--group-size", "32", "--json", *args)
+
+
+@pytest.mark.parametrize("algo", ["rtn", "gptq", "awq", "teq"])
+def test_inc_weight_only_roundtrip(cli, tiny_model, calib_file, algo):
+    from llmctl.loading import load_model
+    from llmctl.registry import Registry
+
+    res = _quant(cli, "--algo", algo, "--bits", "4", "--calib-data", calib_file, "--name", f"t-{algo}",
+                 "--set", "teq.steps=2")
+    assert res.exit_code == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["format"] == "inc-woq" and out["algo"] == algo and out["bits"] == 4
+    assert out["perplexity_before"] > 1 and out["perplexity_after"] > 1
+    entry = Registry().get(f"t-{algo}")
+    assert entry.parents == ["tiny"] and entry.meta["calib_samples"] == (0 if algo == "rtn" else 4) and entry.meta["size_mb"] > 0
+    assert "heldout.perplexity" in entry.metrics
+    # generate / eval load it by name: same held-out perplexity as measured right after quantizing
+    from llmctl.calibration import held_out_perplexity, prepare_data
+
+    loaded = load_model(f"t-{algo}", dtype="float32", device="cpu")
+    assert "WeightOnlyLinear" in type(loaded.model.model.layers[0].mlp.down_proj).__name__ or \
+        "MulLinear" in type(loaded.model.model.layers[0].mlp.down_proj).__name__
+    data = prepare_data(loaded.tokenizer, str(calib_file), 4, 32, 0, None, 256, need_calib=True)
+    assert held_out_perplexity(loaded.model, loaded.tokenizer, data.eval_text, 512) == \
+        pytest.approx(out["perplexity_after"], rel=1e-4)
+    gen = cli("generate", "--model", f"t-{algo}", "--prompt", "Hello", "--max-new-tokens", "4", "--json")
+    assert gen.exit_code == 0, gen.stderr
+    assert json.loads(gen.stdout)["results"][0]["new_tokens"] >= 1
+
+
+@pytest.mark.parametrize("algo", ["dynamic-int8", "smoothquant"])
+def test_int8_roundtrip(cli, tiny_model, calib_file, algo):
+    res = _quant(cli, "--algo", algo, "--bits", "8", "--calib-data", calib_file, "--name", f"t-{algo}")
+    assert res.exit_code == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["format"] == "inc-int8"
+    # int8 W8A8 stays close to fp32 on this tiny model
+    assert out["perplexity_after"] == pytest.approx(out["perplexity_before"], rel=0.05)
+    gen = cli("generate", "--model", f"t-{algo}", "--prompt", "Hello", "--max-new-tokens", "3", "--json")
+    assert gen.exit_code == 0, gen.stderr
+
+
+def test_rtn_8bit_is_near_lossless_and_jsonl_calibration(cli, tiny_model, tmp_path):
+    rows = [{"instruction": s, "output": s} for s in _CORPUS * 4]
+    calib = write_jsonl(tmp_path / "calib.jsonl", rows)
+    res = _quant(cli, "--algo", "rtn", "--bits", "8", "--calib-data", calib, "--name", "t-rtn8")
+    assert res.exit_code == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["perplexity_after"] == pytest.approx(out["perplexity_before"], rel=0.01)
+
+
+def test_gptq_act_order_reload_matches_in_memory(tiny_model, calib_file):
+    """INC's loader drops act_order's channel order unless desc_act is set: check we keep it."""
+    import torch
+
+    from llmctl.calibration import prepare_data
+    from llmctl.loading import load_model
+    from llmctl.profiles import resolve_config
+    from llmctl.quantize import inc_weight_only, load_source, quantize
+
+    cfg = resolve_config("quantize", None, ["algo=gptq", "group_size=32", "calib.samples=4", "calib.seqlen=32",
+                                            f"calib.data={calib_file}", "eval.tokens=0"], {})
+    quantize("tiny", "t-g", cfg)
+    src = load_source("tiny")
+    data = prepare_data(src.tokenizer, str(calib_file), 4, 32, 0, None, 0, need_calib=True)
+    q = inc_weight_only(src.model, "gptq", cfg, data.windows)
+    x = data.windows[0]
+    reloaded = load_model("t-g", dtype="float32", device="cpu").model
+    with torch.no_grad():
+        assert torch.allclose(q(x).logits, reloaded(x).logits, atol=1e-4)
+
+
+def test_bad_bits_for_algo_lists_supported(cli, tiny_model):
+    res = cli("quantize", "--model", "tiny", "--algo", "smoothquant", "--bits", "4", "--name", "x")
+    assert res.exit_code == 1
+    assert res.stderr.startswith("Error: inc/smoothquant does not support 4-bit; supported combinations: inc/rtn: 2,3,4,8")
+    res = cli("quantize", "--model", "tiny", "--backend", "openvino", "--bits", "3", "--name", "x")
+    assert res.exit_code == 1 and "openvino/weight-compression does not support 3-bit" in res.stderr
+    res = cli("quantize", "--model", "tiny", "--algo", "hqq", "--name", "x")
+    assert res.exit_code == 1 and "backend inc has no algorithm 'hqq'; supported: rtn (bits [2, 3, 4, 8])" in res.stderr
+
+
+def test_calibration_missing_or_short(cli, tiny_model, tmp_path, calib_file):
+    res = cli("quantize", "--model", "tiny", "--algo", "gptq", "--calib-data", tmp_path / "nope.txt", "--name", "x")
+    assert res.exit_code == 1
+    assert "Error: calibration data" in res.stderr and "nope.txt not found" in res.stderr
+    res = cli("quantize", "--model", "tiny", "--algo", "gptq", "--name", "x")
+    assert res.exit_code == 1 and "Error: this method needs calibration data; pass --calib-data" in res.stderr
+    short = tmp_path / "short.txt"
+    short.write_text("just a few words here", encoding="utf-8")
+    res = cli("quantize", "--model", "tiny", "--algo", "gptq", "--calib-data", short, "--name", "x",
+              "--calib-samples", "8", "--calib-seqlen", "64", "--eval-tokens", "0")
+    assert res.exit_code == 1
+    assert "fewer than the 8 × 64 = 512 asked for; give a longer file" in res.stderr
+    res = cli("quantize", "--model", "tiny", "--algo", "gptq", "--calib-data", calib_file, "--name", "x",
+              "--calib-samples", "400", "--calib-seqlen", "64")
+    assert res.exit_code == 1 and "plus 8192 held-out tokens" in res.stderr
+
+
+def test_requantizing_a_quantized_entry_says_what_it_is(cli, tiny_model):
+    res = cli("quantize", "--model", "tiny", "--algo", "rtn", "--bits", "8", "--name", "q8", "--eval-tokens", "0")
+    assert res.exit_code == 0, res.stderr
+    res = cli("quantize", "--model", "q8", "--algo", "rtn", "--name", "q8q")
+    assert res.exit_code == 1
+    assert res.stderr.strip() == ("Error: q8 is already quantized (inc-woq rtn 8-bit); "
+                                  "quantize its full-precision parent 'tiny' instead")
+
+
+def test_name_taken_and_dry_run(cli, tiny_model):
+    res = cli("quantize", "--model", "tiny", "--name", "tiny")
+    assert res.exit_code == 1 and "model 'tiny' already exists" in res.stderr
+    res = cli("quantize", "--model", "tiny", "--name", "z", "--algo", "gptq", "--bits", "3", "--dry-run", "--json")
+    assert res.exit_code == 0
+    cfg = json.loads(res.stdout)
+    assert cfg["algo"] == "gptq" and cfg["bits"] == 3 and cfg["gptq"]["block_size"] == 128
+
+
+def test_openvino_missing_says_how_to_install(cli, tiny_model, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name.startswith("openvino") or name.startswith("optimum"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    res = cli("quantize", "--model", "tiny", "--backend", "openvino", "--bits", "8", "--name", "ov")
+    assert res.exit_code == 1
+    assert res.stderr.strip() == ("Error: the OpenVINO backend needs optimum-intel and openvino, which are not "
+                                  "installed; pip install 'llmctl[openvino]' (optimum-intel[openvino]==1.27.0)")
