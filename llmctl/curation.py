@@ -49,13 +49,13 @@ class QualityFilter:
             return "too_long"
         if self.min_words and len(text.split()) < self.min_words:
             return "too_few_words"
-        visible = [c for c in text if not c.isspace()]
+        visible = n - sum(map(str.isspace, text))
         if visible:
-            letters = sum(c.isalpha() for c in visible)
-            symbols = sum(not c.isalnum() for c in visible)
-            if letters / len(visible) < self.min_alpha_ratio:
+            letters = sum(map(str.isalpha, text))
+            symbols = visible - sum(map(str.isalnum, text))
+            if letters / visible < self.min_alpha_ratio:
                 return "too_few_letters"
-            if symbols / len(visible) > self.max_symbol_ratio:
+            if symbols / visible > self.max_symbol_ratio:
                 return "too_many_symbols"
         elif self.min_alpha_ratio > 0:
             return "too_few_letters"
@@ -76,6 +76,8 @@ _IPV6 = re.compile(r"\b(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}\b")
 # International (+CC …) or North-American style numbers: 7–15 digits with the usual separators.
 _PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])\d{3,4}[ .-]\d{3,4}\b")
 
+_DIGIT = re.compile(r"\d")
+
 PII_KINDS = {"email": (_EMAIL, "<EMAIL>"), "ip": (_IPV4, "<IP>"), "ipv6": (_IPV6, "<IP>"),
              "phone": (_PHONE, "<PHONE>")}
 
@@ -87,6 +89,8 @@ def redact_pii(text: str, kinds: tuple[str, ...] = ("email", "phone", "ip")) -> 
         redact_pii("call +1 415-555-0100 or mail x@y.com")   # ("call <PHONE> or mail <EMAIL>", {...})
     """
     counts: dict[str, int] = {}
+    if "@" not in text and not _DIGIT.search(text):
+        return text, counts
     order = ["email", "ip", "ipv6", "phone"]  # emails and IPs first: their digits must not look like phones
     for kind in order:
         base = "ip" if kind == "ipv6" else kind
@@ -176,6 +180,7 @@ class Decontaminator:
             elif len(toks) >= min_words:
                 self.short.add(" ".join(toks))
         self.short_lengths = sorted({len(s.split()) for s in self.short})
+        self.vocab = {w for g in self.grams for w in g.split()} | {w for g in self.short for w in g.split()}
 
     @classmethod
     def from_files(cls, paths: list[Path], n: int = 13, min_words: int = 8) -> "Decontaminator":
@@ -189,11 +194,32 @@ class Decontaminator:
 
     def contaminated(self, text: str) -> bool:
         toks = words(text)
-        if self.grams and any(g in self.grams for g in ngrams(toks, self.n)):
-            return True
-        for k in self.short_lengths:
-            if any(g in self.short for g in ngrams(toks, k)):
+        lengths = [k for k in ([self.n] if self.grams else []) + self.short_lengths if k <= len(toks)]
+        if not lengths:
+            return False
+        # Only windows made entirely of eval-vocabulary words can match: find those runs first.
+        vocab = self.vocab
+        run = 0
+        ends: list[tuple[int, int]] = []  # (end index exclusive, run length) of in-vocab runs
+        for i, w in enumerate(toks):
+            if w in vocab:
+                run += 1
+            else:
+                if run:
+                    ends.append((i, run))
+                run = 0
+        if run:
+            ends.append((len(toks), run))
+        shortest = min(lengths)
+        for end, length in ends:
+            if length < shortest:
+                continue
+            span = toks[end - length:end]
+            if self.grams and length >= self.n and any(g in self.grams for g in ngrams(span, self.n)):
                 return True
+            for k in self.short_lengths:
+                if k <= length and any(g in self.short for g in ngrams(span, k)):
+                    return True
         return False
 
 
@@ -236,13 +262,36 @@ def shingles(text: str, size: int = 5) -> list[bytes]:
     return list({" ".join(toks[i:i + size]).encode("utf-8") for i in range(len(toks) - size + 1)})
 
 
-def minhash_signature(text: str, num_perm: int = 128, shingle_size: int = 5):
-    """The MinHash signature (numpy uint64 array of num_perm values) of a document's word shingles."""
-    from datasketch import MinHash
+_PERMS: dict = {}
+_MERSENNE = (1 << 61) - 1
+_MAX32 = (1 << 32) - 1
 
-    m = MinHash(num_perm=num_perm, seed=MINHASH_SEED, scheme=MINHASH_SCHEME)
-    m.update_batch(shingles(text, shingle_size))
-    return m.hashvalues
+
+def _permutations(num_perm: int):
+    import numpy as np
+
+    if num_perm not in _PERMS:
+        rng = np.random.RandomState(MINHASH_SEED)
+        a = rng.randint(1, _MAX32, size=num_perm, dtype=np.uint64)
+        b = rng.randint(0, _MAX32, size=num_perm, dtype=np.uint64)
+        _PERMS[num_perm] = (a, b)
+    return _PERMS[num_perm]
+
+
+def minhash_signature(text: str, num_perm: int = 128, shingle_size: int = 5):
+    """The MinHash signature (numpy uint64 array of num_perm values) of a document's word shingles.
+
+    32-bit shingle hashes (crc32) under num_perm affine permutations mod 2**61-1, vectorized with numpy
+    (datasketch's scheme, without rebuilding the permutations per document); fed to datasketch's LSH.
+    """
+    import zlib
+
+    import numpy as np
+
+    a, b = _permutations(num_perm)
+    hv = np.fromiter((zlib.crc32(s) for s in shingles(text, shingle_size)), dtype=np.uint64)
+    phv = ((hv[:, None] * a + b) % np.uint64(_MERSENNE)) & np.uint64(_MAX32)
+    return phv.min(axis=0)
 
 
 class NearDedup:

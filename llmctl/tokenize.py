@@ -483,10 +483,12 @@ def _init_worker(state: dict, threads: bool) -> None:
 
 
 def _process_chunk(texts: list[str]) -> dict:
-    """Per-document curation and tokenization of one chunk; dedup is left to the main process."""
+    """Per-document curation (quality, decontamination, PII, MinHash signature) and tokenization of one chunk.
+
+    Deduplication needs global state and happens in the main process, in document order."""
     import numpy as np
 
-    from llmctl.curation import doc_key, minhash_signature
+    from llmctl.curation import minhash_signature
 
     quality, decon, pii, near = _W["quality"], _W["decon"], _W["pii"], _W["near"]
     status: list[str | None] = []   # None = kept so far, else "step:reason"
@@ -511,14 +513,13 @@ def _process_chunk(texts: list[str]) -> dict:
                 pii_counts.update(counts)
         status.append(None)
         kept.append(text)
-    keys = [doc_key(t) for t in kept]
     sigs = np.stack([minhash_signature(t, near[0], near[1]) for t in kept]) if near and kept else None
     encs = _W["tok"].encode_batch_fast(kept, add_special_tokens=False) if kept else []
     arrays = [np.asarray(e.ids, dtype=np.uint32) for e in encs]
     lens = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
     ids = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.uint32)
     nbytes = [len(t.encode("utf-8")) for t in kept]
-    return {"status": status, "keys": keys, "sigs": sigs, "ids": ids, "lens": lens, "bytes": nbytes,
+    return {"status": status, "sigs": sigs, "ids": ids, "lens": lens, "bytes": nbytes,
             "pii_counts": dict(pii_counts), "pii_docs": pii_docs}
 
 
@@ -663,7 +664,7 @@ def _encode_into(folder: Path, paths: list[Path], ref: TokenizerRef, state: dict
 
     import numpy as np
 
-    from llmctl.curation import ExactDedup, NearDedup
+    from llmctl.curation import ExactDedup, NearDedup, doc_key
     from llmctl.token_data import ShardWriter, dtype_for_vocab
 
     ecfg, icfg, ccfg = config["encode"], config["input"], config["curation"]
@@ -677,7 +678,7 @@ def _encode_into(folder: Path, paths: list[Path], ref: TokenizerRef, state: dict
     writers = {"train": ShardWriter(folder, "train", dtype, shard_tokens)}
     if val_fraction > 0:
         writers["val"] = ShardWriter(folder, "val", dtype, shard_tokens)
-    order = ["quality", "decontaminate", "pii", "exact_dedup", "near_dedup"]
+    order = ["exact_dedup", "quality", "decontaminate", "pii", "near_dedup"]
     enabled = {"quality": ccfg["quality"]["enabled"], "decontaminate": state["decontaminator"] is not None,
                "pii": ccfg["pii"]["enabled"], "exact_dedup": exact is not None, "near_dedup": near is not None}
     reasons: dict[str, Counter] = {s: Counter() for s in order}
@@ -687,23 +688,32 @@ def _encode_into(folder: Path, paths: list[Path], ref: TokenizerRef, state: dict
     split_docs: Counter = Counter()
     t0 = time.perf_counter()
 
-    def consume(res: dict) -> None:
-        totals["docs_read"] += len(res["status"])
+    def prefilter(chunks: Iterator[list[str]]) -> Iterator[tuple[list[str], list[bytes]]]:
+        """Exact dedup first, in the main process (cheap, and duplicates never reach the workers)."""
+        for chunk in chunks:
+            totals["docs_read"] += len(chunk)
+            keys = [doc_key(t) for t in chunk]
+            if exact is not None:
+                keep = [not exact.seen(k) for k in keys]
+                dropped["exact_dedup"] += keep.count(False)
+                chunk = [t for t, ok in zip(chunk, keep) if ok]
+                keys = [k for k, ok in zip(keys, keep) if ok]
+            if chunk:
+                yield chunk, keys
+
+    def consume(res: dict, keys: list[bytes]) -> None:
         totals["pii_docs"] += res["pii_docs"]
         pii_counts.update(res["pii_counts"])
         lens = res["lens"]
         dest = np.zeros(len(lens), dtype=np.int8)  # 0 dropped, 1 train, 2 val (per worker-kept doc)
         k = 0
-        for st in res["status"]:
+        for st, key in zip(res["status"], keys):
             if st is not None:
                 step, why = st.split(":", 1)
                 dropped[step] += 1
                 reasons[step][why] += 1
                 continue
-            key = res["keys"][k]
-            if exact is not None and exact.seen(key):
-                dropped["exact_dedup"] += 1
-            elif near is not None and near.is_duplicate(key, res["sigs"][k]):
+            if near is not None and near.is_duplicate(key, res["sigs"][k]):
                 dropped["near_dedup"] += 1
             else:
                 dest[k] = 2 if _split_of(key, seed, val_fraction) == "val" else 1
@@ -723,12 +733,12 @@ def _encode_into(folder: Path, paths: list[Path], ref: TokenizerRef, state: dict
         if on_progress is not None:
             on_progress(reader.bytes_read, reader.total_bytes, totals["docs_read"])
 
-    chunks = _chunks(iter(reader), ecfg["chunk_kb"] << 10)
+    chunks = prefilter(_chunks(iter(reader), ecfg["chunk_kb"] << 10))
     try:
         if workers <= 1:
             _init_worker(state, threads=True)
-            for chunk in chunks:
-                consume(_process_chunk(chunk))
+            for chunk, keys in chunks:
+                consume(_process_chunk(chunk), keys)
         else:
             ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
             saved = os.environ.get("TOKENIZERS_PARALLELISM")
@@ -742,12 +752,14 @@ def _encode_into(folder: Path, paths: list[Path], ref: TokenizerRef, state: dict
                     os.environ["TOKENIZERS_PARALLELISM"] = saved
             try:
                 pending: deque = deque()
-                for chunk in chunks:  # at most 2 chunks in flight per worker: streaming, bounded memory
-                    pending.append(pool.apply_async(_process_chunk, (chunk,)))
+                for chunk, keys in chunks:  # at most 2 chunks in flight per worker: streaming, bounded memory
+                    pending.append((pool.apply_async(_process_chunk, (chunk,)), keys))
                     while len(pending) >= 2 * workers:
-                        consume(pending.popleft().get())
+                        job, job_keys = pending.popleft()
+                        consume(job.get(), job_keys)
                 while pending:
-                    consume(pending.popleft().get())
+                    job, job_keys = pending.popleft()
+                    consume(job.get(), job_keys)
             finally:
                 pool.terminate()
                 pool.join()

@@ -287,12 +287,12 @@ def test_encode_curation_steps_reported(cli, tok, tmp_path):
     info = _encode(cli, tok, src, tmp_path / "cur", "--quality", "--pii", "--dedup", "--near-dedup",
                    "--decontaminate", evalf, "--val-fraction", 0)
     steps = {s["step"]: s for s in info["curation"]["steps"]}
-    assert [s["step"] for s in info["curation"]["steps"]] == ["quality", "decontaminate", "pii", "exact_dedup", "near_dedup"]
-    assert steps["quality"] == {"step": "quality", "in": 15, "dropped": 2, "kept": 13,
+    assert [s["step"] for s in info["curation"]["steps"]] == ["exact_dedup", "quality", "decontaminate", "pii", "near_dedup"]
+    assert steps["quality"] == {"step": "quality", "in": 13, "dropped": 2, "kept": 11,
                                 "reasons": {"too_many_symbols": 1, "too_short": 1}}
-    assert (steps["decontaminate"]["in"], steps["decontaminate"]["dropped"]) == (13, 1)
+    assert (steps["decontaminate"]["in"], steps["decontaminate"]["dropped"]) == (11, 1)
     assert steps["pii"]["docs_redacted"] == 1 and steps["pii"]["redactions"] == {"email": 1, "ip": 1, "phone": 1}
-    assert (steps["exact_dedup"]["in"], steps["exact_dedup"]["dropped"]) == (12, 2)
+    assert (steps["exact_dedup"]["in"], steps["exact_dedup"]["dropped"]) == (15, 2)
     assert (steps["near_dedup"]["in"], steps["near_dedup"]["dropped"], steps["near_dedup"]["kept"]) == (10, 1, 9)
     assert info["stats"]["docs_kept"] == 9
     index = json.loads((tmp_path / "cur" / "index.json").read_text())

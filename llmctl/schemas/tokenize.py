@@ -31,6 +31,10 @@ SCHEMA = Section(
     ),
     curation=Section(
         "optional data curation steps of `tokenize encode`, applied in this order",
+        exact_dedup=Section(
+            "exact deduplication",
+            enabled=Field(bool, False, "drop documents identical (up to whitespace) to an earlier one"),
+        ),
         quality=Section(
             "heuristic quality filters",
             enabled=Field(bool, False, "drop documents failing any rule below"),
@@ -50,10 +54,6 @@ SCHEMA = Section(
             "PII redaction",
             enabled=Field(bool, False, "replace PII with placeholders (<EMAIL>, <PHONE>, <IP>)"),
             kinds=Field(list, ["email", "phone", "ip"], "what to redact: email, phone, ip", item=str),
-        ),
-        exact_dedup=Section(
-            "exact deduplication",
-            enabled=Field(bool, False, "drop documents identical (up to whitespace) to an earlier one"),
         ),
         near_dedup=Section(
             "near-duplicate removal (MinHash LSH over word shingles)",
