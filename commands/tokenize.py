@@ -96,7 +96,7 @@ def encode(
     name: Annotated[Optional[str], typer.Option("--name", "-n", help="Register the data dir (format data) under this name.")] = None,
     val_fraction: Annotated[Optional[float], typer.Option("--val-fraction", help="Share of documents for validation, in [0, 1).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the train/val split.")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes (0 = one per core, 1 = in-process).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes (1 = in-process; 0 = auto: 1 on <= 2 cores, else one per core).")] = None,
     doc_split: DocSplitOpt = None,
     text_field: TextFieldOpt = None,
     quality: Annotated[Optional[bool], typer.Option("--quality/--no-quality", help="Heuristic quality filters.")] = None,

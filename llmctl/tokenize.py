@@ -537,7 +537,14 @@ def _chunks(docs: Iterator[str], chunk_bytes: int) -> Iterator[list[str]]:
 
 
 def default_workers() -> int:
-    return max(1, os.cpu_count() or 1)
+    """--workers 0 (auto): in-process on up to 2 cores, else one worker process per core.
+
+    In-process, the Rust tokenizer already encodes each batch on all cores; on this project's 2-core
+    machines that measured faster than 2 worker processes (benchmarks/tokenize_speed.py). With more
+    cores, processes also spread the Python side (reading, curation) and win.
+    """
+    cores = os.cpu_count() or 1
+    return 1 if cores <= 2 else cores
 
 
 # ---- encode: main -------------------------------------------------------------------------------

@@ -412,3 +412,27 @@ def test_show_bad_input(cli, tok, tmp_path):
     assert r.exit_code == 1 and _error(r).startswith("Error: no text to tokenize")
     r = cli("tokenize", "show", "--tokenizer", str(tmp_path), "hi")
     assert r.exit_code == 1 and "is not a model" in _error(r)
+
+
+def test_encode_doc_split_json_input_and_uint32(cli, tok, corpus, tmp_path, config, monkeypatch):
+    import json as _json
+
+    from llmctl import token_data
+    from llmctl.tokenize import encode_corpus
+    from llmctl.token_data import TokenData
+
+    lines = [ln for ln in corpus.read_text().splitlines() if ln.strip()]
+    res = encode_corpus(tok, [corpus], config(input__doc_split="line", encode__val_fraction=0.0, encode__workers=1),
+                        output=tmp_path / "lines")
+    assert res.index["stats"]["docs_read"] == len(lines) == 80
+    whole = encode_corpus(tok, [corpus], config(input__doc_split="file", encode__val_fraction=0.0, encode__workers=1),
+                          output=tmp_path / "file")
+    assert whole.index["splits"]["train"]["docs"] == 1
+    arr = tmp_path / "rows.json"
+    arr.write_text(_json.dumps([{"t": p} for p in _paragraphs(5)]))
+    monkeypatch.setattr(token_data, "dtype_for_vocab", lambda v: "uint32")
+    res32 = encode_corpus(tok, [arr], config(input__text_field="t", encode__val_fraction=0.0), output=tmp_path / "j")
+    data = TokenData(tmp_path / "j")
+    assert data.dtype == "uint32" and res32.index["stats"]["docs_read"] == 5
+    assert (tmp_path / "j" / "train-00000.bin").stat().st_size == 4 * data.num_tokens("train")
+    assert int(np.asarray(data.tokens("train"))[-1]) == data.tokenizer["eos_id"]

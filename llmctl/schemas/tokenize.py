@@ -25,7 +25,7 @@ SCHEMA = Section(
         "writing token shards (`tokenize encode`)",
         val_fraction=Field(float, 0.1, "share of documents in the validation split", ge=0.0, lt=1.0),
         seed=Field(int, 1234, "seed of the document-level train/val split"),
-        workers=Field(int, 0, "worker processes; 0 = one per CPU core; 1 = in-process", ge=0),
+        workers=Field(int, 0, "worker processes; 1 = in-process (tokenizer threads); 0 = auto: 1 on <= 2 cores, else one per core", ge=0),
         chunk_kb=Field(int, 256, "text per work item sent to a worker (KiB)", ge=1),
         shard_mtokens=Field(int, 64, "tokens per shard file, in millions (2**20)", ge=1),
     ),
