@@ -6,7 +6,7 @@ shards, read back with numpy memmap, plus `index.json`:
     {"format": "llmctl-tokens/1", "dtype": "uint16",
      "tokenizer": {"name": "shakespeare-bpe", "path": "/abs/tok", "vocab_size": 4096, "eos_id": 0, "sha256": "…"},
      "splits": {"train": {"tokens": N, "docs": D, "shards": [{"file": "train-00000.bin", "tokens": n}],
-                          "doc_offsets": "train-docs.npy"}, "val": {…}},
+                          "doc_offsets": "train-docs.npy", "bytes": B}, "val": {…}},   # B: UTF-8 bytes of the docs
      "sources": [{"path": "/abs/input.txt", "bytes": 1115394, "sha256": "…"}],
      "seed": 1234, "val_fraction": 0.1, "curation": {…}}
 

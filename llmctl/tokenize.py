@@ -693,6 +693,7 @@ def _encode_into(folder: Path, paths: list[Path], ref: TokenizerRef, state: dict
     pii_counts: Counter = Counter()
     totals = {"docs_read": 0, "docs_kept": 0, "bytes_kept": 0, "chars_read": 0, "pii_docs": 0}
     split_docs: Counter = Counter()
+    split_bytes: Counter = Counter()  # UTF-8 bytes of the documents (as tokenized) per split: for bits per byte
     t0 = time.perf_counter()
 
     def prefilter(chunks: Iterator[list[str]]) -> Iterator[tuple[list[str], list[bytes]]]:
@@ -723,8 +724,10 @@ def _encode_into(folder: Path, paths: list[Path], ref: TokenizerRef, state: dict
             if near is not None and near.is_duplicate(key, res["sigs"][k]):
                 dropped["near_dedup"] += 1
             else:
-                dest[k] = 2 if _split_of(key, seed, val_fraction) == "val" else 1
+                split = _split_of(key, seed, val_fraction)
+                dest[k] = 2 if split == "val" else 1
                 totals["bytes_kept"] += res["bytes"][k]
+                split_bytes[split] += res["bytes"][k]
             k += 1
         tok_dest = np.repeat(dest, lens)
         for code, split in ((1, "train"), (2, "val")):
@@ -802,6 +805,7 @@ def _encode_into(folder: Path, paths: list[Path], ref: TokenizerRef, state: dict
         remaining = entry["kept"]
     for s in splits:
         splits[s]["docs"] = split_docs[s]
+        splits[s]["bytes"] = split_bytes[s]
     tokens = sum(v["tokens"] for v in splits.values())
     mb = reader.bytes_read / 1e6
     return {

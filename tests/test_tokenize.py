@@ -175,9 +175,13 @@ def test_encode_writes_eos_separated_shards_with_a_document_split(cli, tok, corp
         assert len(offsets) == docs[split] and offsets[0] == 0
         assert (toks == eos).sum() == docs[split] and toks[-1] == eos
         ends = np.append(offsets[1:], len(toks))
+        nbytes = 0
         for start, end in zip(offsets, ends):
             assert toks[end - 1] == eos
-            assert backend.decode(toks[start:end - 1].tolist()) in paragraphs
+            text = backend.decode(toks[start:end - 1].tolist())
+            assert text in paragraphs
+            nbytes += len(text.encode("utf-8"))
+        assert data.index["splits"][split]["bytes"] == nbytes  # pretrain's bits per byte uses it
     assert info["sources"][0]["sha256"] and info["tokenizer"]["name"] == tok
     assert (tmp_path / "data" / "llmctl-config.yaml").is_file()
 
