@@ -420,7 +420,8 @@ def finetune(model: str, data: Path, name: str, config: dict, resume: bool = Fal
     if resume:
         state = ckpt.load_latest()
         if state is None:
-            log(f"--resume: no checkpoint in {ckpt.root}, starting from step 0")
+            raise LlmctlError(f"--resume given but {ckpt.root} holds no checkpoint",
+                              hint="drop --resume to start a new run")
         else:
             _check_resume(state, fingerprint, net, ckpt.root)
             with torch.no_grad():
@@ -449,7 +450,7 @@ def finetune(model: str, data: Path, name: str, config: dict, resume: bool = Fal
     else:
         ref_ctx = contextlib.nullcontext
     last_loss, last_eval = None, None
-    t0, tokens_run = time.time(), 0
+    t0, cpu0, tokens_run = time.time(), time.process_time(), 0
     step = start
     for step in range(start + 1, max_steps + 1):
         micro = [plan.batch((step - 1) * accum + k) for k in range(accum)]
@@ -504,9 +505,10 @@ def finetune(model: str, data: Path, name: str, config: dict, resume: bool = Fal
     ckpt.save(max(step, start), _trainable_state(net), optimizer, scheduler,
               extra={"tokens_seen": tokens_seen, "fingerprint": json.dumps(fingerprint, sort_keys=True)})
     metrics_log.close(f"finetune {name} ({method}, {objective})")
-    elapsed = time.time() - t0
+    elapsed, cpu = time.time() - t0, time.process_time() - cpu0
     metrics = {"train_loss": last_loss, **(last_eval or {}), "steps": max_steps, "tokens": tokens_seen,
-               "tokens_per_s": round(tokens_run / elapsed, 1) if elapsed else None}
+               "tokens_per_s": round(tokens_run / elapsed, 1) if elapsed else None,
+               "train_seconds": round(elapsed, 2), "train_cpu_seconds": round(cpu, 2), "tokens_trained": tokens_run}
 
     # output
     out_format = "peft-adapter" if method in PEFT_METHODS else "hf"
@@ -579,7 +581,8 @@ def _dpo_loss(net, ref_model, ref_ctx, b, fast, beta, denom):
     n = logp.shape[0] // 2
     margin = (logp[:n] - ref[:n]) - (logp[n:] - ref[n:])
     losses = -F.logsigmoid(beta * margin)
-    extra = {"reward_accuracy": float((margin > 0).float().mean()), "reward_margin": float(beta * margin.mean())}
+    extra = {"reward_accuracy": float((margin > 0).float().mean()),
+             "reward_margin": float(beta * margin.detach().mean())}
     return losses.sum() / max(1, denom), extra
 
 
@@ -589,7 +592,7 @@ def _reward_loss(net, b, denom):
     scores = reward_scores(net, b)
     n = scores.shape[0] // 2
     diff = scores[:n] - scores[n:]
-    extra = {"pair_accuracy": float((diff > 0).float().mean())}
+    extra = {"pair_accuracy": float((diff.detach() > 0).float().mean())}
     return -F.logsigmoid(diff).sum() / max(1, denom), extra
 
 

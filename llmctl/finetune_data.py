@@ -148,8 +148,10 @@ def segments(record: dict, kind: str, template: str, tokenizer) -> list[tuple[st
     """The record as (text, trained) pieces in order: prompts untrained, responses trained."""
     eos = tokenizer.eos_token or ""
     if kind == "text":
-        return [(str(record["text"]) + eos, True)]
+        return [(str(record["text"]) + eos, True)] if str(record["text"]).strip() else []
     if kind == "alpaca":
+        if not str(record["output"] or "").strip():
+            return []
         messages = [{"role": "user", "content": str(record["instruction"]) + (
             "\n\n" + str(record["input"]) if record.get("input") and template != "alpaca" else "")},
                     {"role": "assistant", "content": str(record["output"])}]
@@ -163,6 +165,8 @@ def segments(record: dict, kind: str, template: str, tokenizer) -> list[tuple[st
                 for m in messages)):
             raise LlmctlError("a chat record's \"messages\" is not a list of {role, content}",
                               hint="each message needs string \"role\" and \"content\"")
+        if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+            return []
     else:
         raise LlmctlError(f"{kind!r} data cannot be used for supervised finetuning",
                           hint="use --objective dpo or reward for preference data")
