@@ -249,7 +249,8 @@ def test_encode_bad_inputs(cli, tok, corpus, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def test_encode_disk_full_leaves_nothing(cli, tok, corpus, tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_encode_disk_full_leaves_nothing(workers, cli, tok, corpus, tmp_path, monkeypatch):
     from llmctl import token_data
 
     calls = {"n": 0}
@@ -263,7 +264,7 @@ def test_encode_disk_full_leaves_nothing(cli, tok, corpus, tmp_path, monkeypatch
 
     monkeypatch.setattr(token_data.ShardWriter, "add_documents", full)
     out = tmp_path / "full"
-    r = cli("tokenize", "encode", "--tokenizer", tok, "--input", corpus, "--output", out, "--workers", 1,
+    r = cli("tokenize", "encode", "--tokenizer", tok, "--input", corpus, "--output", out, "--workers", workers,
             "--set", "encode.chunk_kb=1")
     assert r.exit_code == 1
     assert _error(r) == (f"Error: disk full while writing token shards for {out}; nothing was kept; "
