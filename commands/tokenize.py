@@ -170,8 +170,8 @@ def encode(
 
 @app.command("stats")
 def stats(
-    tokenizer: TokenizerOpt,
-    input_files: InputOpt = None,
+    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", "-t", help="Tokenizer or model name, or folder (data dirs: default their own).")] = None,
+    input_files: Annotated[Optional[list[Path]], typer.Option("--input", "-i", help="Text file (.txt/.jsonl/.json/.parquet) or encoded data dir (repeatable).")] = None,
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="Most frequent tokens to list.")] = None,
     doc_split: DocSplitOpt = None,
     text_field: TextFieldOpt = None,
@@ -183,6 +183,7 @@ def stats(
 
     Examples:
         llmctl tokenize stats --tokenizer shakespeare-bpe --input ../shared/data/tinyshakespeare/input.txt
+        llmctl tokenize stats --input data/shakespeare          # an encoded data dir, with its own tokenizer
         llmctl tokenize stats -t smollm2-135m-instruct -i ../shared/data/wikitext-2-raw/wiki.test.raw --doc-split line --json
     """
     from rich.table import Table
@@ -199,7 +200,8 @@ def stats(
         return
     r = result
     summary = Table(show_header=False, title=f"{r['tokenizer']} (vocab {r['vocab_size']:,})")
-    for label, value in [("documents", f"{r['docs']:,}"), ("tokens", f"{r['tokens']:,}"), ("bytes", f"{r['bytes']:,}"),
+    for label, value in [("documents", f"{r['docs']:,}"), ("tokens", f"{r['tokens']:,}"),
+                         ("bytes", f"{r['bytes']:,}" if r["bytes"] is not None else "n/a"),
                          ("bytes / token", r["bytes_per_token"]), ("tokens / word", r["tokens_per_word"]),
                          ("unknown-token rate", f"{r['unk_rate']:.4%}" if r["unk_id"] is not None else "n/a (no unk token)"),
                          ("vocab used", f"{r['vocab_used']:,} ({r['vocab_used_fraction']:.1%})"),

@@ -828,35 +828,86 @@ def _encode_into(folder: Path, paths: list[Path], ref: TokenizerRef, state: dict
 # ---- stats and show -----------------------------------------------------------------------------
 
 
-def corpus_stats(tokenizer: str, inputs: list, config: dict) -> dict:
-    """Token statistics of input files under a tokenizer: tokens, bytes/token, unknown rate, top tokens, doc lengths.
+def _is_data_dir(path) -> bool:
+    return Path(path).is_dir() and (Path(path) / "index.json").is_file()
+
+
+def _data_dir_counts(dirs: list[Path], vocab: int):
+    """Token counts and document lengths (EOS separators left out) of encoded data dirs, all splits."""
+    import numpy as np
+
+    from llmctl.token_data import TokenData
+
+    counts = np.zeros(vocab, dtype=np.int64)
+    lens: list = []
+    nbytes = 0
+    for d in dirs:
+        data = TokenData(d)
+        eos = data.tokenizer.get("eos_id")
+        for split in data.splits:
+            toks = data.tokens(split)
+            for i in range(0, len(toks), 1 << 24):
+                part = np.asarray(toks[i:i + (1 << 24)], dtype=np.int64)
+                if len(part) and part.max() >= len(counts):
+                    counts = np.pad(counts, (0, int(part.max()) + 1 - len(counts)))
+                counts += np.bincount(part, minlength=len(counts))
+            offsets = data.doc_offsets(split)
+            n_docs = len(offsets)
+            if eos is not None and n_docs:
+                counts[eos] -= n_docs  # the separators are not document text
+            lens.append(np.diff(np.append(offsets, len(toks))) - 1)
+            nbytes += int(data.index["splits"][split].get("bytes") or 0)
+    return counts, (np.concatenate(lens) if lens else np.zeros(0, dtype=np.int64)), nbytes
+
+
+def corpus_stats(tokenizer: str | None, inputs: list, config: dict) -> dict:
+    """Token statistics of input files (or encoded data dirs): tokens, bytes/token, unknown rate, top tokens,
+    document lengths. For data dirs the tokenizer defaults to the one they were encoded with.
 
     Examples:
         corpus_stats("shakespeare-bpe", ["input.txt"], config)["bytes_per_token"]
+        corpus_stats(None, ["data/shakespeare"], config)["tokens"]
     """
     import numpy as np
 
     icfg = config["input"]
-    paths = resolve_inputs(inputs)
+    if not inputs:
+        raise UsageError("no input files", hint="pass --input FILE (repeatable)")
+    dirs = [Path(p).expanduser() for p in inputs if _is_data_dir(Path(p).expanduser())]
+    if dirs and len(dirs) != len(inputs):
+        raise UsageError("mix of data dirs and text files", hint="pass either encoded data dirs or text files")
+    if tokenizer is None:
+        if not dirs:
+            raise UsageError("--tokenizer is required for text files", hint="pass --tokenizer NAME")
+        tokenizer = str(dirs[0])
     ref = load_tokenizer_spec(tokenizer)
-    reader = DocReader(paths, icfg["doc_split"], icfg["text_field"])
-    counts = np.zeros(max(ref.vocab_size, ref.backend.get_vocab_size(with_added_tokens=True)), dtype=np.int64)
-    doc_lens: list[int] = []
-    nbytes = nchars = nwords = 0
+    vocab = max(ref.vocab_size, ref.backend.get_vocab_size(with_added_tokens=True))
     t0 = time.perf_counter()
-    for chunk in _chunks(iter(reader), 256 << 10):
-        encs = ref.backend.encode_batch_fast(chunk, add_special_tokens=False)
-        for text, enc in zip(chunk, encs):
-            ids = enc.ids
-            doc_lens.append(len(ids))
-            if ids:
-                arr = np.asarray(ids, dtype=np.int64)
-                if arr.max() >= len(counts):
-                    counts = np.pad(counts, (0, int(arr.max()) + 1 - len(counts)))
-                counts += np.bincount(arr, minlength=len(counts))
-            nbytes += len(text.encode("utf-8"))
-            nchars += len(text)
-            nwords += len(text.split())
+    nchars = nwords = None
+    if dirs:
+        paths = dirs
+        counts, lens_arr, nbytes = _data_dir_counts(dirs, vocab)
+        doc_lens = lens_arr.tolist()
+        nbytes = nbytes or None
+    else:
+        paths = resolve_inputs(inputs)
+        reader = DocReader(paths, icfg["doc_split"], icfg["text_field"])
+        counts = np.zeros(vocab, dtype=np.int64)
+        doc_lens = []
+        nbytes = nchars = nwords = 0
+        for chunk in _chunks(iter(reader), 256 << 10):
+            encs = ref.backend.encode_batch_fast(chunk, add_special_tokens=False)
+            for text, enc in zip(chunk, encs):
+                ids = enc.ids
+                doc_lens.append(len(ids))
+                if ids:
+                    arr = np.asarray(ids, dtype=np.int64)
+                    if arr.max() >= len(counts):
+                        counts = np.pad(counts, (0, int(arr.max()) + 1 - len(counts)))
+                    counts += np.bincount(arr, minlength=len(counts))
+                nbytes += len(text.encode("utf-8"))
+                nchars += len(text)
+                nwords += len(text.split())
     seconds = time.perf_counter() - t0
     tokens = int(counts.sum())
     unk = int(counts[ref.unk_id]) if ref.unk_id is not None and ref.unk_id < len(counts) else 0
@@ -873,8 +924,8 @@ def corpus_stats(tokenizer: str, inputs: list, config: dict) -> dict:
         "tokenizer": ref.label, "tokenizer_path": ref.path, "vocab_size": ref.vocab_size,
         "files": [str(p) for p in paths], "docs": len(doc_lens), "tokens": tokens, "bytes": nbytes,
         "chars": nchars, "words": nwords,
-        "bytes_per_token": round(nbytes / tokens, 4) if tokens else None,
-        "chars_per_token": round(nchars / tokens, 4) if tokens else None,
+        "bytes_per_token": round(nbytes / tokens, 4) if tokens and nbytes else None,
+        "chars_per_token": round(nchars / tokens, 4) if tokens and nchars else None,
         "tokens_per_word": round(tokens / nwords, 4) if nwords else None,
         "unk_id": ref.unk_id, "unk_tokens": unk, "unk_rate": round(unk / tokens, 6) if tokens else 0.0,
         "vocab_used": int((counts > 0).sum()),

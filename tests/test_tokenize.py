@@ -441,3 +441,18 @@ def test_encode_doc_split_json_input_and_uint32(cli, tok, corpus, tmp_path, conf
     assert data.dtype == "uint32" and res32.index["stats"]["docs_read"] == 5
     assert (tmp_path / "j" / "train-00000.bin").stat().st_size == 4 * data.num_tokens("train")
     assert int(np.asarray(data.tokens("train"))[-1]) == data.tokenizer["eos_id"]
+
+
+def test_stats_of_an_encoded_data_dir_matches_the_text(cli, tok, corpus, tmp_path):
+    _encode(cli, tok, corpus, tmp_path / "d", "--val-fraction", 0.2)
+    r = cli("tokenize", "stats", "--input", tmp_path / "d", "--json")
+    assert r.exit_code == 0, r.stderr
+    from_data = json.loads(r.stdout)
+    from_text = json.loads(cli("tokenize", "stats", "-t", tok, "--input", corpus, "--json").stdout)
+    for key in ("docs", "tokens", "bytes", "bytes_per_token", "unk_tokens", "vocab_used"):
+        assert from_data[key] == from_text[key], key
+    assert from_data["top_tokens"] == from_text["top_tokens"]
+    assert sorted(h["docs"] for h in from_data["doc_tokens"]["histogram"]) == \
+        sorted(h["docs"] for h in from_text["doc_tokens"]["histogram"])
+    r = cli("tokenize", "stats", "--input", corpus)
+    assert r.exit_code == 2 and _error(r).startswith("Error: --tokenizer is required for text files")
