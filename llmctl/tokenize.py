@@ -581,7 +581,7 @@ def encode_corpus(tokenizer: str, inputs: list, config: dict, output: Path | Non
     from llmctl.paths import atomic_dir, ensure_new
     from llmctl.registry import ModelEntry, Registry, validate_name
 
-    ecfg, icfg, ccfg = config["encode"], config["input"], config["curation"]
+    ecfg, ccfg = config["encode"], config["curation"]
     val_fraction = ecfg["val_fraction"]
     if not 0 <= val_fraction < 1:
         raise UsageError(f"--val-fraction must be in [0, 1), got {val_fraction}", hint="e.g. --val-fraction 0.1")
