@@ -17,6 +17,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from llmctl.errors import LlmctlError, UsageError
 TYPES = ("bpe", "wordpiece", "unigram")
 BYTE_ALPHABET = 256
 TEXT_SUFFIXES_JSON = (".jsonl", ".json")
+_BLANK_LINES = re.compile(r"\n(?:[^\S\n]*\n)+")  # a line end followed by whitespace-only lines
 
 
 # ---- reading documents --------------------------------------------------------------------------
@@ -69,12 +71,14 @@ class DocReader:
         for text in reader: ...
     """
 
-    def __init__(self, paths: list[Path], doc_split: str = "blank-line", text_field: str = "text"):
+    def __init__(self, paths: list[Path], doc_split: str = "blank-line", text_field: str = "text",
+                 block_bytes: int = 1 << 20):
         if doc_split not in ("blank-line", "line", "file"):
             raise UsageError(f"unknown --doc-split {doc_split!r}", hint="use blank-line, line or file")
         self.paths = [Path(p) for p in paths]
         self.doc_split = doc_split
         self.text_field = text_field
+        self.block_bytes = block_bytes
         self.bytes_read = 0
         self.total_bytes = sum(p.stat().st_size for p in self.paths)
         self.docs_per_file: dict[str, int] = {}
@@ -108,23 +112,58 @@ class DocReader:
                                       hint="convert the file to UTF-8") from exc
                 yield text.replace("\r\n", "\n").replace("\r", "\n")
 
+    def _blocks(self, path: Path) -> Iterator[str]:
+        """The file as decoded text blocks of whole lines (CR/CRLF → LF), about `block_bytes` each."""
+        offset = 0
+        carry = b""
+        with open(path, "rb") as raw:
+            while True:
+                block = raw.read(self.block_bytes)
+                data = carry + block
+                if not block:
+                    cut = len(data)
+                else:
+                    cut = data.rfind(b"\n") + 1
+                    if cut == 0:
+                        carry = data
+                        continue
+                part, carry = data[:cut], data[cut:]
+                if part:
+                    nul = part.find(b"\x00")
+                    if nul >= 0:
+                        raise LlmctlError(f"input {path} looks binary (NUL byte at offset {offset + nul})",
+                                          hint="give UTF-8 text files")
+                    try:
+                        text = part.decode("utf-8")
+                    except UnicodeDecodeError as exc:
+                        raise LlmctlError(f"input {path} is not UTF-8 text (bad byte at offset {offset + exc.start})",
+                                          hint="convert the file to UTF-8") from exc
+                    offset += len(part)
+                    self.bytes_read += len(part)
+                    yield text.replace("\r\n", "\n").replace("\r", "\n")
+                if not block:
+                    return
+
     def _text(self, path: Path) -> Iterator[str]:
         if self.doc_split == "file":
-            yield "".join(self._lines(path)).strip("\n")
+            yield "".join(self._blocks(path)).strip("\n")
             return
         if self.doc_split == "line":
-            for line in self._lines(path):
-                yield line.rstrip("\n")
+            for text in self._blocks(path):
+                lines = text.split("\n")
+                if lines and lines[-1] == "":
+                    lines.pop()
+                yield from lines
             return
-        para: list[str] = []
-        for line in self._lines(path):
-            if line.strip():
-                para.append(line)
-            elif para:
-                yield "".join(para).rstrip("\n")
-                para = []
-        if para:
-            yield "".join(para).rstrip("\n")
+        # blank-line: paragraphs are separated by runs of whitespace-only lines
+        carry = "\n"
+        for text in self._blocks(path):
+            pieces = _BLANK_LINES.split(carry + text)
+            carry = pieces.pop()
+            for piece in pieces:
+                yield piece.strip("\n")
+        for piece in _BLANK_LINES.split(carry + "\n"):
+            yield piece.strip("\n")
 
     def _row_text(self, row, path: Path, where: str) -> str:
         if not isinstance(row, dict):

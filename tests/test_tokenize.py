@@ -456,3 +456,49 @@ def test_stats_of_an_encoded_data_dir_matches_the_text(cli, tok, corpus, tmp_pat
         sorted(h["docs"] for h in from_text["doc_tokens"]["histogram"])
     r = cli("tokenize", "stats", "--input", corpus)
     assert r.exit_code == 2 and _error(r).startswith("Error: --tokenizer is required for text files")
+
+
+def _reference_docs(raw: bytes, doc_split: str) -> list[str]:
+    """The obvious line-by-line reading of a text file into documents, to check the block reader against."""
+    lines = [ln.decode("utf-8").replace("\r\n", "\n") for ln in raw.splitlines(keepends=True)]  # CRLF or LF ends
+    if doc_split == "line":
+        docs = [ln.rstrip("\n") for ln in lines]
+    elif doc_split == "file":
+        docs = ["".join(lines).strip("\n")]
+    else:
+        docs, para = [], []
+        for ln in lines:
+            if ln.strip():
+                para.append(ln)
+            elif para:
+                docs.append("".join(para).rstrip("\n"))
+                para = []
+        if para:
+            docs.append("".join(para).rstrip("\n"))
+    return [d for d in docs if d.strip()]
+
+
+@pytest.mark.parametrize("doc_split", ["blank-line", "line", "file"])
+@pytest.mark.parametrize("block", [1, 7, 64, 1 << 20])
+def test_block_reader_matches_line_by_line_reading(tmp_path, doc_split, block):
+    from llmctl.tokenize import DocReader
+
+    raw = ("\n\n  First para, line one.\r\nline two  \r\n \t \r\n\nSecond — naïve café 😀\n"
+           "   indented third\n\n\n\nFourth\n  \nFifth ends without newline   \n   ").encode("utf-8")
+    f = tmp_path / "t.txt"
+    f.write_bytes(raw)
+    reader = DocReader([f], doc_split=doc_split, block_bytes=block)
+    assert list(reader) == _reference_docs(raw, doc_split)
+    assert reader.bytes_read == len(raw)
+
+
+def test_block_reader_reports_bad_bytes(tmp_path):
+    from llmctl.tokenize import DocReader
+
+    f = tmp_path / "late.txt"
+    f.write_bytes(b"fine text\n" * 10 + b"bad \xff byte\n")
+    with pytest.raises(LlmctlError, match=r"is not UTF-8 text \(bad byte at offset 104\)"):
+        list(DocReader([f], block_bytes=16))
+    f.write_bytes(b"fine text\n" * 10 + b"nul \x00 byte\n")
+    with pytest.raises(LlmctlError, match=r"looks binary \(NUL byte at offset 104\)"):
+        list(DocReader([f], block_bytes=16))
