@@ -99,35 +99,29 @@ class DocReader:
                                   hint="check the file, --text-field and --doc-split")
 
     def _lines(self, path: Path) -> Iterator[str]:
-        with open(path, "rb") as raw:
-            for lineno, line in enumerate(raw, 1):
-                self.bytes_read += len(line)
-                if b"\x00" in line:
-                    raise LlmctlError(f"input {path} looks binary (NUL byte on line {lineno})",
-                                      hint="give UTF-8 text files")
-                try:
-                    text = line.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise LlmctlError(f"input {path} line {lineno} is not UTF-8 text",
-                                      hint="convert the file to UTF-8") from exc
-                yield text.replace("\r\n", "\n").replace("\r", "\n")
+        """The file's lines (without their line ends), read block by block."""
+        for text in self._blocks(path):
+            lines = text.split("\n")
+            if lines and lines[-1] == "":
+                lines.pop()
+            yield from lines
 
     def _blocks(self, path: Path) -> Iterator[str]:
         """The file as decoded text blocks of whole lines (CR/CRLF → LF), about `block_bytes` each."""
         offset = 0
-        carry = b""
+        pending: list[bytes] = []  # bytes after the last line end seen so far
         with open(path, "rb") as raw:
             while True:
                 block = raw.read(self.block_bytes)
-                data = carry + block
-                if not block:
-                    cut = len(data)
-                else:
-                    cut = data.rfind(b"\n") + 1
+                if block:
+                    cut = block.rfind(b"\n") + 1
                     if cut == 0:
-                        carry = data
+                        pending.append(block)
                         continue
-                part, carry = data[:cut], data[cut:]
+                    part = b"".join([*pending, block[:cut]])
+                    pending = [block[cut:]]
+                else:
+                    part = b"".join(pending)
                 if part:
                     nul = part.find(b"\x00")
                     if nul >= 0:
@@ -149,11 +143,7 @@ class DocReader:
             yield "".join(self._blocks(path)).strip("\n")
             return
         if self.doc_split == "line":
-            for text in self._blocks(path):
-                lines = text.split("\n")
-                if lines and lines[-1] == "":
-                    lines.pop()
-                yield from lines
+            yield from self._lines(path)
             return
         # blank-line: paragraphs are separated by runs of whitespace-only lines
         carry = "\n"
@@ -190,7 +180,7 @@ class DocReader:
             yield self._row_text(row, path, f"line {lineno}")
 
     def _json(self, path: Path) -> Iterator[str]:
-        text = "".join(self._lines(path))
+        text = "".join(self._blocks(path))
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:

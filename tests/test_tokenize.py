@@ -502,3 +502,14 @@ def test_block_reader_reports_bad_bytes(tmp_path):
     f.write_bytes(b"fine text\n" * 10 + b"nul \x00 byte\n")
     with pytest.raises(LlmctlError, match=r"looks binary \(NUL byte at offset 104\)"):
         list(DocReader([f], block_bytes=16))
+
+
+def test_jsonl_reader_with_tiny_blocks_keeps_rows_and_line_numbers(tmp_path):
+    from llmctl.tokenize import DocReader
+
+    rows = [{"text": f"row {i} — café"} for i in range(6)]
+    f = write_jsonl(tmp_path / "r.jsonl", rows)
+    assert list(DocReader([f], block_bytes=5)) == [r["text"] for r in rows]
+    f.write_text(f.read_text() + "\n{broken\n")
+    with pytest.raises(LlmctlError, match=r"line 8 is not valid JSON"):
+        list(DocReader([f], block_bytes=5))
