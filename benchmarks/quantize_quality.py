@@ -72,38 +72,25 @@ def main() -> None:
     for key in [k.strip() for k in args.only.split(",") if k.strip()]:
         sets = base + runs[key]
         if key == "gptq-block2048":
-            # the pre-fix behaviour: INC's default block of 2048 columns with groups of 128
+            # the pre-fix behaviour: blocks of 2048 columns with groups of 128 (INC's default block)
             import llmctl.quantize as q
 
-            orig = q.inc_weight_only
-
-            def no_cap(model, algo, cfg, windows, _orig=orig):
-                import neural_compressor.torch.quantization as incq
-
-                real = incq.GPTQConfig
-
-                def cfg_2048(**kw):
-                    kw["block_size"] = 2048
-                    return real(**kw)
-                incq.GPTQConfig = cfg_2048
-                try:
-                    return _orig(model, algo, cfg, windows)
-                finally:
-                    incq.GPTQConfig = real
-            q.inc_weight_only = no_cap
+            orig = q.gptq_block
+            q.gptq_block = lambda cfg: cfg["gptq"]["block_size"]
         config = resolve_config("quantize", None, sets, {})
         print(f"[{time.strftime('%H:%M:%S')}] {key} …", file=sys.stderr, flush=True)
         started = time.perf_counter()
         try:
             r = quantize(args.model, f"bench-{key}", config, command=f"benchmarks/quantize_quality.py {key}",
-                         force=True, progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
+                         force=True, known_ppl_before=results.get("fp_perplexity"),
+                         progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
         except Exception as exc:  # report and go on with the other formats
             results["runs"][key] = {"error": f"{type(exc).__name__}: {exc}"}
             print(f"  failed: {exc}", file=sys.stderr, flush=True)
             continue
         finally:
             if key == "gptq-block2048":
-                q.inc_weight_only = orig
+                q.gptq_block = orig
         results["fp_perplexity"] = r["perplexity_before"]
         results["runs"][key] = {"perplexity": r["perplexity_after"], "seconds": round(time.perf_counter() - started, 1),
                                 "quantize_seconds": r["quantize_seconds"], "size_mb": r["size_mb"],

@@ -518,7 +518,8 @@ def check_config(config: dict) -> None:
 
 
 def prune(model: str, name: str, config: dict, command: str = "", force: bool = False,
-          progress: Callable[[str], None] | None = None) -> dict:
+          progress: Callable[[str], None] | None = None,
+          known_ppl_before: float | None = None) -> dict:
     """Prune a registry model, save it as an HF model, register it with lineage, sparsity and perplexity.
 
     Examples:
@@ -560,8 +561,8 @@ def prune(model: str, name: str, config: dict, command: str = "", force: bool = 
     data = prepare_data(loaded.tokenizer, c["data"], c["samples"], c["seqlen"], c["seed"], ev["data"], ev["tokens"],
                         need_calib=need_calib)
     params_before = count_params(loaded.model)
-    ppl_before = None
-    if data.eval_text:
+    ppl_before = known_ppl_before  # a caller that scored the same parent on the same text
+    if data.eval_text and ppl_before is None:
         say("perplexity before")
         ppl_before = held_out_perplexity(loaded.model, loaded.tokenizer, data.eval_text, ev["seqlen"])
     started = time.perf_counter()

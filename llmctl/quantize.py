@@ -165,60 +165,68 @@ def _teq_train_fn(windows, steps: int, lr: float):
     return train
 
 
+def gptq_block(cfg: dict) -> int:
+    """GPTQ's lazy-update block, capped at the group size.
+
+    INC (like the reference code) picks a group's scale from the not-yet-updated weights when the
+    group starts inside a block; with INC's default block of 2048 columns and groups of 128, every
+    group but the first in a block gets scales from stale weights. Blocks no wider than a group fix it.
+    """
+    block = cfg["gptq"]["block_size"]
+    return min(block, cfg["group_size"]) if cfg["group_size"] > 0 else block
+
+
+def inc_config(algo: str, cfg: dict, model=None):
+    """The neural-compressor config object for an INC weight-only algo and a resolved quantize config."""
+    _inc_env()
+    from neural_compressor.torch.quantization import AWQConfig, GPTQConfig, RTNConfig, TEQConfig
+
+    common = dict(bits=cfg["bits"], use_sym=cfg["sym"], group_size=cfg["group_size"])
+    if algo == "rtn":
+        return RTNConfig(**common, use_layer_wise=False, use_mse_search=cfg["rtn"]["mse_search"])
+    if algo == "gptq":
+        g = cfg["gptq"]
+        return GPTQConfig(**common, act_order=g["act_order"], true_sequential=g["true_sequential"],
+                          percdamp=g["percdamp"], block_size=gptq_block(cfg), use_mse_search=g["mse_search"])
+    if algo == "awq":
+        a = cfg["awq"]
+        return AWQConfig(**common, use_auto_scale=a["auto_scale"], use_auto_clip=a["auto_clip"])
+    if algo == "teq":
+        return TEQConfig(**common, absorb_to_layer=llama_absorb_map(model), folding=True)
+    if algo == "autoround":
+        try:
+            import auto_round  # noqa: F401
+        except ImportError as exc:
+            raise LlmctlError("autoround needs the auto-round package", hint="pip install auto-round==0.16.1") from exc
+        from neural_compressor.torch.quantization import AutoRoundConfig
+
+        r = cfg["autoround"]
+        return AutoRoundConfig(**common, iters=r["iters"], lr=r["lr"], batch_size=1, amp=False,
+                               nsamples=cfg["calib"]["samples"], seqlen=cfg["calib"]["seqlen"])
+    raise LlmctlError(f"unknown INC weight-only algorithm {algo!r}")
+
+
 def inc_weight_only(model, algo: str, cfg: dict, windows: list):
     """Quantize model in place with INC's prepare/convert; returns the quantized model."""
     _inc_env()
     import torch
-    from neural_compressor.torch.quantization import (AWQConfig, GPTQConfig, RTNConfig, TEQConfig, convert,
-                                                      prepare)
+    from neural_compressor.torch.quantization import convert, prepare
 
-    common = dict(bits=cfg["bits"], use_sym=cfg["sym"], group_size=cfg["group_size"])
+    qc = inc_config(algo, cfg, model)
     with quiet_stdout():
         if algo == "rtn":
-            qc = RTNConfig(**common, use_layer_wise=False, use_mse_search=cfg["rtn"]["mse_search"])
             return convert(prepare(model, qc))
-        example = windows[0]
-        if algo == "gptq":
-            g = cfg["gptq"]
-            # block_size must not exceed the group size: INC (like the reference code) picks a group's
-            # scale from the not-yet-updated weights when a group starts inside a block, so with its
-            # default block 2048 and groups of 128 every group but the first in a block gets stale scales.
-            block = g["block_size"]
-            if cfg["group_size"] > 0:
-                block = min(block, cfg["group_size"])
-            qc = GPTQConfig(**common, act_order=g["act_order"], true_sequential=g["true_sequential"],
-                            percdamp=g["percdamp"], block_size=block, use_mse_search=g["mse_search"])
+        if algo in ("gptq", "autoround"):
             q = prepare(model, qc)
             _run_fn(windows)(q)
             return convert(q)
-        if algo == "awq":
-            a = cfg["awq"]
-            qc = AWQConfig(**common, use_auto_scale=a["auto_scale"], use_auto_clip=a["auto_clip"])
-            q = prepare(model, qc, example_inputs=example)
-            _run_fn(windows)(q)
-            return convert(q)
+        q = prepare(model, qc, example_inputs=windows[0])
         if algo == "teq":
-            t = cfg["teq"]
-            qc = TEQConfig(**common, absorb_to_layer=llama_absorb_map(model), folding=True)
-            q = prepare(model, qc, example_inputs=example)
             with torch.enable_grad():
-                _teq_train_fn(windows, t["steps"], t["lr"])(q)
-            return convert(q)
-        if algo == "autoround":
-            try:
-                import auto_round  # noqa: F401
-            except ImportError as exc:
-                raise LlmctlError("autoround needs the auto-round package",
-                                  hint="pip install auto-round==0.16.1") from exc
-            from neural_compressor.torch.quantization import AutoRoundConfig
-
-            r = cfg["autoround"]
-            qc = AutoRoundConfig(**common, iters=r["iters"], nsamples=len(windows), seqlen=windows[0].shape[1],
-                                 batch_size=1, lr=r["lr"], device_map="cpu", amp=False)
-            q = prepare(model, qc)
+                _teq_train_fn(windows, cfg["teq"]["steps"], cfg["teq"]["lr"])(q)
+        else:
             _run_fn(windows)(q)
-            return convert(q)
-    raise LlmctlError(f"unknown INC weight-only algorithm {algo!r}")
+        return convert(q)
 
 
 def save_inc_woq(qmodel, tokenizer, dest: Path, act_order: bool) -> None:
@@ -445,7 +453,8 @@ def quantize_in_memory(loaded, algo: str, cfg: dict, windows: list):
 
 
 def quantize(model: str, name: str, config: dict, command: str = "", force: bool = False,
-             progress: Callable[[str], None] | None = None) -> dict:
+             progress: Callable[[str], None] | None = None,
+             known_ppl_before: float | None = None) -> dict:
     """Quantize a registry model, save it in its library's format, register it with lineage and metrics.
 
     Examples:
@@ -481,8 +490,8 @@ def quantize(model: str, name: str, config: dict, command: str = "", force: bool
     c, ev = config["calib"], config["eval"]
     data = prepare_data(tokenizer, c["data"], c["samples"], c["seqlen"], c["seed"], ev["data"], ev["tokens"],
                         need_calib=needs_calib)
-    ppl_before = None
-    if data.eval_text:
+    ppl_before = known_ppl_before  # a caller that scored the same parent on the same text
+    if data.eval_text and ppl_before is None:
         say("perplexity before")
         ppl_before = held_out_perplexity(loaded.model, tokenizer, data.eval_text, ev["seqlen"])
     parent = loaded.resolved.name

@@ -151,3 +151,65 @@ def test_openvino_missing_says_how_to_install(cli, tiny_model, monkeypatch):
     assert res.exit_code == 1
     assert res.stderr.strip() == ("Error: the OpenVINO backend needs optimum-intel and openvino, which are not "
                                   "installed; pip install 'llmctl[openvino]' (optimum-intel[openvino]==1.27.0)")
+
+
+def _fake_ppl(monkeypatch, values):
+    """Held-out perplexities in call order: the first is the full-precision baseline."""
+    import llmctl.calibration
+
+    seq = iter(values)
+    monkeypatch.setattr(llmctl.calibration, "held_out_perplexity", lambda *a, **k: next(seq))
+
+
+def test_accuracy_aware_reports_trials_and_registers_first_within_loss(cli, tiny_model, calib_file, monkeypatch):
+    from llmctl.registry import Registry
+
+    _fake_ppl(monkeypatch, [10.0, 12.0, 10.5, 10.05, 9.0])
+    res = _quant(cli, "--algo", "gptq", "--bits", "4", "--calib-data", calib_file, "--name", "tuned",
+                 "--max-loss", "0.01", "--max-trials", "10")
+    assert res.exit_code == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert [(t["label"], t["perplexity"], t["ok"]) for t in out["trials"]] == [
+        ("gptq 4-bit sym g32", 12.0, False), ("gptq 4-bit asym g32", 10.5, False), ("awq 4-bit asym g32", 10.05, True)]
+    assert out["relative_ppl_increase"] == 0.005 and out["perplexity_before"] == 10.0
+    entry = Registry().get("tuned")
+    assert (entry.format, entry.meta["algo"], entry.meta["sym"], entry.parents) == ("inc-woq", "awq", False, ["tiny"])
+    assert "MulLinear" in type(__import__("llmctl.loading").loading.load_model("tuned", "float32", "cpu")
+                               .model.model.layers[0].self_attn.q_proj).__name__
+    gen = cli("generate", "--model", "tuned", "--prompt", "Hi", "--max-new-tokens", "2", "--json")
+    assert gen.exit_code == 0, gen.stderr
+
+
+def test_accuracy_aware_gives_up_with_exit_3(cli, tiny_model, calib_file, monkeypatch):
+    from llmctl.registry import Registry
+
+    _fake_ppl(monkeypatch, [10.0, 11.0, 10.2])
+    res = _quant(cli, "--algo", "rtn", "--bits", "2", "--calib-data", calib_file, "--name", "t2",
+                 "--max-loss", "0.01", "--max-trials", "2")
+    assert res.exit_code == 3
+    assert res.stderr.strip() == ("Error: no configuration within --max-loss 1.00% after 2 trials (rtn 2-bit sym g32 "
+                                  "+10.00%, rtn 2-bit asym g32 +2.00%); raise --max-loss or --max-trials, or give "
+                                  "more calibration data")
+    assert Registry().find("t2") is None
+
+
+def test_accuracy_aware_real_search_on_tiny(cli, tiny_model, calib_file):
+    """No fakes: each trial's reported perplexity is the quantized model's; the first one within loss is kept."""
+    res = _quant(cli, "--algo", "rtn", "--bits", "4", "--calib-data", calib_file, "--name", "real",
+                 "--max-loss", "0.05", "--max-trials", "3")
+    assert res.exit_code in (0, 3), res.stderr
+    if res.exit_code == 0:
+        out = json.loads(res.stdout)
+        ok = [t["ok"] for t in out["trials"]]
+        assert ok[-1] and not any(ok[:-1])
+        assert out["perplexity_after"] <= out["perplexity_before"] * 1.05
+
+
+def test_candidates_go_from_asked_to_safer():
+    from llmctl.profiles import resolve_config
+    from llmctl.quantize_tune import candidates, label
+
+    cfg = resolve_config("quantize", None, ["algo=gptq"], {})
+    labels = [label(c) for c in candidates(cfg)]
+    assert labels[:4] == ["gptq 4-bit sym g128", "gptq 4-bit asym g128", "gptq 4-bit asym g64", "gptq 4-bit asym g32"]
+    assert labels[-1] == "rtn 8-bit sym per-channel" and len(labels) == len(set(labels))
