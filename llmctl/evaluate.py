@@ -163,14 +163,33 @@ def lmeval_task_manager(include_path: str | None = None, include_defaults: bool 
     return TaskManager(include_path=include_path, include_defaults=include_defaults)
 
 
+_NAMES: set[str] | None = None
+_NAME_RE = re.compile(r"^(?:task|group|tag)\s*:\s*[\"']?([A-Za-z0-9_\-.]+)", re.M)
+
+
+def lmeval_task_names() -> set[str]:
+    """Task, group and tag names in lm-eval's shipped YAMLs, by a quick text scan (the full index takes ~1 min on CPU)."""
+    global _NAMES
+    if _NAMES is None:
+        import lm_eval
+
+        names: set[str] = set()
+        for dirpath, _, files in os.walk(Path(lm_eval.__file__).parent / "tasks"):
+            for f in files:
+                if "yaml" in f:
+                    try:
+                        with open(os.path.join(dirpath, f), encoding="utf-8", errors="ignore") as fh:
+                            names.update(_NAME_RE.findall(fh.read()))
+                    except OSError:
+                        pass
+        _NAMES = names
+    return _NAMES
+
+
 def _unknown_task(name: str) -> LlmctlError:
     from llmctl.eval_tasks import LOCAL_TASKS
 
-    try:
-        known = list(lmeval_task_manager().all_tasks)
-    except Exception:  # an index problem must not hide the real message
-        known = []
-    candidates = sorted(set(known) | set(LOCAL_TASKS) | {PERPLEXITY})
+    candidates = sorted(lmeval_task_names() | set(LOCAL_TASKS) | {PERPLEXITY})
     close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
     msg = f"unknown task {name!r}"
     if close:
@@ -210,9 +229,12 @@ def plan_tasks(tasks: list[str], config: dict) -> Plan:
                     hint="pass --data-dir DIR (or set LLMCTL_DATA_DIR) with the layout in `llmctl eval --help`, "
                          "or set LLMCTL_ALLOW_NETWORK=1 to let lm-eval download it")
         else:
-            if name not in lmeval_task_manager().all_tasks:
+            if network_allowed():
+                if name not in lmeval_task_manager().all_tasks:
+                    raise _unknown_task(name)
+            elif name not in lmeval_task_names():
                 raise _unknown_task(name)
-            if not network_allowed():
+            else:
                 raise LlmctlError(
                     f"task {name!r} is an lm-eval task without an llmctl offline config; its dataset would come from the hub",
                     hint="set LLMCTL_ALLOW_NETWORK=1 to let lm-eval download it, or use one of the offline tasks "
@@ -263,8 +285,11 @@ def load_tasks(plan: Plan, config: dict, workdir: Path):
 
 
 def _first_line(exc: BaseException) -> str:
+    """The innermost cause's first line (datasets wraps the useful message in generic ones)."""
+    while exc.__cause__ is not None or (exc.__context__ is not None and not exc.__suppress_context__):
+        exc = exc.__cause__ or exc.__context__
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def _check_fewshot(name: str, tasks: dict, num_fewshot: int | None) -> None:
@@ -289,11 +314,14 @@ def known_metrics(objects: list, plan: Plan) -> dict[str, set[str]]:
     for obj in objects:
         if hasattr(obj, "get_all_tasks"):  # a group
             names = set()
-            for m in (getattr(obj.config, "aggregate_metric_list", None) or []):
+            for m in (getattr(obj, "aggregate_metric_list", None) or []):
                 names.add(m["metric"] if isinstance(m, dict) else getattr(m, "metric", str(m)))
             out[obj.name] = names
             for task in obj.get_all_tasks():
                 out[task.task_name] = set(task.aggregation().keys())
+            for sub in obj.get_all_groups():
+                out[sub.name] = {m["metric"] if isinstance(m, dict) else getattr(m, "metric", str(m))
+                                 for m in (getattr(sub, "aggregate_metric_list", None) or [])}
         else:
             out[obj.task_name] = set(obj.aggregation().keys())
     if plan.perplexity_text is not None:

@@ -378,12 +378,22 @@ def _mmlu_tasks(data_dir: Path, out: Path, setup: TaskSetup) -> list[str]:
                           {"process_docs": f"llmctl.eval_tasks.utils.mmlu_docs_{subject}"}, kwargs)
         (out / f"{meta['task']}.yaml").write_text(text, encoding="utf-8")
         written.append(meta["task"])
-    for name, cfg in mmlu_groups():
-        (out / name).write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    # lm-eval's groups, keeping only members that exist here (an empty tag would break the group)
+    tags = {subjects[s]["tag"] for s in present}
+    groups = mmlu_groups()
+    kept = {cfg["group"] for _, cfg in groups if any(t in tags for t in _as_list(cfg["task"]))}
+    for name, cfg in groups:
+        members = [t for t in _as_list(cfg["task"]) if t in tags or t in kept]
+        if members:
+            (out / name).write_text(yaml.safe_dump({**cfg, "task": members}, sort_keys=False), encoding="utf-8")
     setup.files["mmlu"] = {"subjects": sorted(present)}
     if len(present) < len(subjects):
         setup.notes.append(f"mmlu: {len(present)} of {len(subjects)} subjects found in {data_dir / 'mmlu'}")
     return written
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, list) else [value]
 
 
 def _subjects_in(files: list[Path], fmt: str) -> set[str]:
