@@ -281,6 +281,14 @@ def load_tasks(plan: Plan, config: dict, workdir: Path):
         else:  # a tag: its tasks
             objects.extend(loaded["tasks"].values())
         _check_fewshot(name, loaded["tasks"], config.get("num_fewshot"))
+        if config.get("num_fewshot") and name in plan.local:
+            for task_name, task in loaded["tasks"].items():
+                c = task.config
+                no_pool = c.fewshot_split is None and c.training_split is None
+                if no_pool and getattr(task.fewshot_cfg, "samples", None) is None:
+                    split = c.validation_split if c.validation_split and c.test_split else (c.test_split or c.validation_split)
+                    notes.append(f"{task_name}: no train file in the data dir, so few-shot examples come from its "
+                                 f"{split} split (lm-eval's rule)")
     return tm, objects, notes
 
 
@@ -425,6 +433,9 @@ def run_eval(model: str, tasks: list[str], config: dict, *, adapter: str | None 
         raise UsageError(f"--num-fewshot must be 0 or more, got {config['num_fewshot']}")
     say = progress or (lambda msg: None)
     _quiet_lmeval()
+    import datasets
+
+    datasets.disable_progress_bars()  # lm-eval's own progress bars stay
     plan = plan_tasks(tasks, config)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="llmctl-eval-") as tmp:

@@ -76,7 +76,8 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def cfg(data_dir, **over):
-    explicit = {"data_dir": str(data_dir), "device": "cpu", "dtype": "float32", "bootstrap_iters": 0, **over}
+    explicit = {"data_dir": str(data_dir) if data_dir else None, "device": "cpu", "dtype": "float32",
+                "bootstrap_iters": 0, **over}
     return resolve_config("eval", explicit=explicit)
 
 
@@ -471,3 +472,26 @@ def test_flatten_groups_and_filters():
                "groups": {"g": {"acc,none": 0.7}}}
     assert flatten(results, ["t", "g"]) == {"t.acc": 0.5, "t.exact_match.strict": 0.2, "g.acc": 0.7}
     assert make_lm  # the wrapper is public for benchmarks
+
+
+def test_passthrough_with_network(monkeypatch, data_dir):
+    """With LLMCTL_ALLOW_NETWORK=1 any lm-eval task name goes to the harness; local ones stay local with data."""
+    import llmctl.evaluate as ev
+
+    class FakeTM:
+        all_tasks = ["lambada_openai", "hellaswag"]
+
+    monkeypatch.setenv("LLMCTL_ALLOW_NETWORK", "1")
+    monkeypatch.setattr(ev, "lmeval_task_manager", lambda *a, **k: FakeTM())
+    plan = ev.plan_tasks(["lambada_openai", "hellaswag"], cfg(None))
+    assert plan.passthrough == ["lambada_openai", "hellaswag"] and plan.local == []
+    plan = ev.plan_tasks(["lambada_openai", "hellaswag"], cfg(data_dir))
+    assert plan.passthrough == ["lambada_openai"] and plan.local == ["hellaswag"]
+    with pytest.raises(LlmctlError, match="unknown task 'lambada_opena'"):
+        ev.plan_tasks(["lambada_opena"], cfg(data_dir))
+
+
+def test_fewshot_from_validation_is_noted(tiny_model, data_dir, tmp_path):
+    res = run_eval(tiny_model, ["winogrande"], cfg(data_dir, num_fewshot=2, limit=3), attach=False)
+    assert any("few-shot examples come from its validation split" in n for n in res.notes)
+    assert res.results["n-shot"]["winogrande"] == 2
