@@ -369,8 +369,15 @@ def require_openvino():
 def openvino_compress(src_dir: str, dest: Path, cfg: dict, calib_texts: list[str] | None) -> None:
     """Export to OpenVINO IR with NNCF weight compression (int8 per-channel, int4 grouped, AWQ, scale estimation)."""
     require_openvino()
+    import logging
+
+    import nncf
     from optimum.intel import OVModelForCausalLM, OVWeightQuantizationConfig
 
+    nncf.set_log_level(logging.WARNING)  # NNCF logs its tables to stdout; stdout is for results
+    for handler in logging.getLogger("nncf").handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.stream = sys.stderr  # (setStream would flush a stream that may be closed)
     ov = cfg["openvino"]
     kwargs = dict(bits=cfg["bits"], sym=cfg["sym"])
     if cfg["bits"] == 4:
