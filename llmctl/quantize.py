@@ -206,6 +206,34 @@ def inc_config(algo: str, cfg: dict, model=None):
     raise LlmctlError(f"unknown INC weight-only algorithm {algo!r}")
 
 
+@contextlib.contextmanager
+def gptq_rtn_grid(enabled: bool):
+    """Give INC's GPTQ the same symmetric grid as its RTN: scale = max|w| / (2^(b-1) - 1).
+
+    INC's GPTQ quantizer (like the reference code) uses scale = 2·max|w| / (2^b - 1) with zero point
+    2^(b-1), so codes span [-2^(b-1), 2^(b-1) - 1]·scale: at 4 bits the largest positive weight of a
+    group lands on 7·scale = 14/15·max|w|, clipped by 6.7 %. RTN's grid represents ±max|w| exactly.
+    Scaling the step by (2^b - 1)/(2^b - 2) makes both the same; the stored zero point stays 2^(b-1).
+    """
+    if not enabled:
+        yield
+        return
+    from neural_compressor.torch.algorithms.weight_only.gptq import Quantizer
+
+    original = Quantizer.find_params
+
+    def find_params(self, x, weight=False):
+        original(self, x, weight)
+        if getattr(self, "sym", False) and getattr(self, "dtype", "int") == "int" and self.maxq > 1:
+            self.scale = self.scale * (self.maxq / (self.maxq - 1))
+
+    Quantizer.find_params = find_params
+    try:
+        yield
+    finally:
+        Quantizer.find_params = original
+
+
 def inc_weight_only(model, algo: str, cfg: dict, windows: list):
     """Quantize model in place with INC's prepare/convert; returns the quantized model."""
     _inc_env()
@@ -218,8 +246,9 @@ def inc_weight_only(model, algo: str, cfg: dict, windows: list):
             return convert(prepare(model, qc))
         if algo in ("gptq", "autoround"):
             q = prepare(model, qc)
-            _run_fn(windows)(q)
-            return convert(q)
+            with gptq_rtn_grid(algo == "gptq" and cfg["gptq"]["rtn_grid"]):
+                _run_fn(windows)(q)
+                return convert(q)
         q = prepare(model, qc, example_inputs=windows[0])
         if algo == "teq":
             with torch.enable_grad():

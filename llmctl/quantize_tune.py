@@ -59,8 +59,8 @@ def tune(model: str, name: str, config: dict, command: str = "", force: bool = F
 
     from llmctl.calibration import held_out_perplexity, prepare_data
     from llmctl.profiles import save_config
-    from llmctl.quantize import (_inc_env, _run_fn, dir_size_mb, inc_config, load_source, quiet_stdout,
-                                 save_inc_woq, weights_size_mb)
+    from llmctl.quantize import (_inc_env, _run_fn, dir_size_mb, gptq_rtn_grid, inc_config, load_source,
+                                 quiet_stdout, save_inc_woq, weights_size_mb)
     from llmctl.registry import ModelEntry, Registry
 
     say = progress or (lambda _m: None)
@@ -108,7 +108,7 @@ def tune(model: str, name: str, config: dict, command: str = "", force: bool = F
     tol = 1 - 1 / (1 + max_loss)
     started = time.perf_counter()
     torch.manual_seed(c["seed"])
-    with quiet_stdout():
+    with quiet_stdout(), gptq_rtn_grid(config["gptq"]["rtn_grid"]):
         best = autotune(loaded.model, TuningConfig(config_set=inc_cfgs, tolerable_loss=tol, max_trials=max_trials),
                         eval_fn=eval_fn, run_fn=_run_fn(data.windows), example_inputs=data.windows[0])
     seconds = round(time.perf_counter() - started, 1)

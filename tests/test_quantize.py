@@ -259,3 +259,26 @@ def test_bnb_roundtrip(cli, tiny_model, calib_file, bits, algo):
     assert "bitsandbytes" in type(loaded.model.model.layers[0].mlp.down_proj).__module__
     gen = cli("generate", "--model", f"bnb{bits}", "--prompt", "Hello", "--max-new-tokens", "3", "--json")
     assert gen.exit_code == 0, gen.stderr
+
+
+def test_gptq_grid_matches_rtn_and_keeps_the_largest_weight():
+    """INC's GPTQ sym grid clips +max|w| to 14/15 of it at 4 bits; with rtn_grid it is exact, as in RTN."""
+    import torch
+    from neural_compressor.torch.algorithms.weight_only.gptq import Quantizer
+
+    from llmctl.quantize import gptq_rtn_grid
+
+    w = torch.tensor([[0.7, -0.3, 0.1, 0.0]])
+    cfg = {"bits": 4, "sym": True, "dtype": "int", "double_quant_sym": False, "use_double_quant": False,
+           "perchannel": True, "mse": False, "group_size": -1}
+
+    def qdq(enabled):
+        q = Quantizer()
+        q.configure(cfg)
+        with gptq_rtn_grid(enabled):
+            q.find_params(w, weight=True)
+        return q.quantize(w, q.scale, q.zero, q.maxq)
+
+    assert qdq(False)[0, 0].item() == pytest.approx(0.7 * 14 / 15)
+    assert qdq(True)[0, 0].item() == pytest.approx(0.7)
+    assert qdq(True)[0, 1].item() == pytest.approx(-0.3)  # 0.3 = 3 steps of 0.1
