@@ -156,6 +156,10 @@ def eval_(
                          hint="the model scores below the --fail-under threshold")
 
 
+def _fmt(value: float) -> str:
+    return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
+
+
 def _print_metrics(result) -> None:
     table = Table("task", "metric", "value", "± stderr", "n", title=f"{result.model} ({result.seconds:.1f} s)")
     blocks = {**result.results.get("results", {}), **result.results.get("groups", {})}
@@ -166,7 +170,7 @@ def _print_metrics(result) -> None:
         base = metric.split(".")[0]
         stderr = block.get(f"{base}_stderr,none")
         n = (nsamples.get(task) or {}).get("effective", "")
-        table.add_row(task, metric, f"{value:.4f}", f"{stderr:.4f}" if isinstance(stderr, float) else "", str(n))
+        table.add_row(task, metric, _fmt(value), f"{stderr:.4f}" if isinstance(stderr, float) else "", str(n))
     out.print(table)
 
 
@@ -219,7 +223,9 @@ def compare_cmd(
     if json_out:
         emit_json(table)
         return
-    view = Table("model", *table["columns"])
-    for row in table["rows"]:
-        view.add_row(row["model"], *(f"{row['metrics'][c]:.4f}" if c in row["metrics"] else "-" for c in table["columns"]))
+    # one row per metric, one column per model: metric names are long, model lists short
+    view = Table("metric", *(row["model"] for row in table["rows"]))
+    view.columns[0].no_wrap = True
+    for col in table["columns"]:
+        view.add_row(col, *(_fmt(row["metrics"][col]) if col in row["metrics"] else "-" for row in table["rows"]))
     out.print(view)

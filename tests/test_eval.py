@@ -495,3 +495,23 @@ def test_fewshot_from_validation_is_noted(tiny_model, data_dir, tmp_path):
     res = run_eval(tiny_model, ["winogrande"], cfg(data_dir, num_fewshot=2, limit=3), attach=False)
     assert any("few-shot examples come from its validation split" in n for n in res.notes)
     assert res.results["n-shot"]["winogrande"] == 2
+
+
+def test_quantized_model_formats(cli, tiny_model, data_dir, tmp_path):
+    """A registry model of another format (INC weight-only RTN) evaluates through the same path."""
+    from llmctl.eval_tasks import write_task_dir
+    from llmctl.loading import load_model
+
+    res = cli("quantize", "--model", tiny_model, "--algo", "rtn", "--bits", "4", "--group-size", "32",
+              "--name", "tiny-rtn4")
+    if res.exit_code != 0:
+        pytest.skip(f"quantize unavailable here: {res.stderr.strip()[-200:]}")
+    loaded = load_model("tiny-rtn4", dtype="float32", device="cpu")
+    ours = run_eval("tiny-rtn4", ["hellaswag", "perplexity"],
+                    cfg(data_dir, **{"perplexity.seqlen": 64, "perplexity.stride": 64}), loaded=loaded)
+    write_task_dir(["hellaswag"], data_dir, tmp_path / "tasks")
+    theirs = flatten(_direct((loaded.model, loaded.tokenizer), ["hellaswag"], tmp_path / "tasks", limit=None),
+                     ["hellaswag"])
+    assert {k: v for k, v in ours.metrics.items() if k.startswith("hellaswag")} == pytest.approx(theirs, abs=1e-6)
+    shown = json.loads(cli("models", "show", "tiny-rtn4", "--json").stdout)
+    assert shown["format"] == "inc-woq" and "perplexity.token_perplexity" in shown["metrics"]

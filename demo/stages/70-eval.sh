@@ -10,12 +10,13 @@ llmctl eval --model $M --tasks hellaswag,arc_challenge --limit 20 --batch-size 1
 llmctl eval --model $M --tasks perplexity --data "$SHARED/data/wikitext-2-raw/wiki.test.raw" \
   --seqlen 512 --stride 256 --max-tokens 4096
 # the CI use: a gate that passes, then one that fails on purpose (exit code 3)
-llmctl eval --model $M --tasks hellaswag --limit 20 --fail-under hellaswag.acc_norm=0.2
+llmctl eval --model $M --tasks perplexity --seqlen 512 --stride 256 --max-tokens 2048 \
+  --fail-under perplexity.token_perplexity=200          # lower is better: fails only when above
 set +e
-llmctl eval --model $M --tasks hellaswag --limit 20 --fail-under hellaswag.acc_norm=0.99
+llmctl eval --model $M --tasks arc_challenge --limit 5 --fail-under arc_challenge.acc_norm=0.99
 code=$?
 set -e
-echo "(gate hellaswag.acc_norm=0.99 failed as planned: exit code $code)"
+echo "(gate arc_challenge.acc_norm=0.99 failed as planned: exit code $code)"
 [ "$code" -eq 3 ]
 llmctl models show $M | tail -12
 # compare the default model with up to two models derived from it by earlier stages
@@ -25,6 +26,6 @@ rows = json.load(sys.stdin)
 kids = [r["name"] for r in rows if r["format"] in ("hf", "inc-woq", "inc-int8") and r["name"] != "'$M'"
         and any(p == "'$M'" or p.startswith("smol") for p in r["parents"])]
 print(" ".join(kids[-2:]))')
-llmctl eval compare $M $OTHERS --tasks hellaswag,perplexity --limit 20 --max-tokens 4096 --seqlen 512 \
+llmctl eval compare $M $OTHERS --tasks hellaswag,perplexity --limit 10 --max-tokens 2048 --seqlen 512 \
   --stride 256 --plot "$DEMO_OUT/eval-compare.png" --force
 echo "chart: $DEMO_OUT/eval-compare.png"
