@@ -120,6 +120,11 @@ def eval_(
     """
     if ctx.invoked_subcommand is not None:
         return
+    from typer._click.core import ParameterSource  # Typer 0.29 vendors its own click
+
+    if all(ctx.get_parameter_source(p) in (None, ParameterSource.DEFAULT) for p in ctx.params):
+        typer.echo(ctx.get_help())  # bare `llmctl eval`: show what it can do instead of guessing
+        raise typer.Exit(0)
     from llmctl.errors import GateFailed, UsageError
     from llmctl.evaluate import parse_gates, parse_tasks, run_eval, write_results
     from llmctl.paths import ensure_new

@@ -386,6 +386,8 @@ def test_cli_help_documents_both_forms_and_layout(cli):
     assert res.exit_code == 0
     for text in ("eval compare", "--fail-under", "hellaswag/", "arc/", "wikitext/", "val/valid/validation/dev"):
         assert text in res.stdout, text
+    bare = cli("eval")  # no options: the help, not a run on guessed settings
+    assert bare.exit_code == 0 and "eval compare" in bare.stdout
 
 
 def test_cli_compare_table_plot_and_from_registry(cli, tiny_model, tiny_llama_dir, data_dir, tmp_path):
