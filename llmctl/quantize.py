@@ -292,10 +292,19 @@ def _empty_model(path: str):
 
 
 def load_inc_woq(path: str):
-    """Load an INC weight-only folder with neural_compressor.torch.quantization.load."""
+    """Load an INC weight-only folder with neural_compressor.torch.quantization.load.
+
+    AutoRound results are HF folders with an auto-round quantization_config (transformers loads them).
+    """
     _inc_env()
     import torch
     from neural_compressor.torch.quantization import load
+
+    if not (Path(path) / "qconfig.json").is_file():
+        from transformers import AutoModelForCausalLM
+
+        with quiet_stdout():
+            return AutoModelForCausalLM.from_pretrained(path)
 
     model = _empty_model(path)
     with quiet_stdout():
@@ -545,6 +554,11 @@ def quantize(model: str, name: str, config: dict, command: str = "", force: bool
             if algo in ("smoothquant", "dynamic-int8"):
                 fmt = "inc-int8"
                 save_int8(qmodel, tokenizer, tmp)
+            elif algo == "autoround":  # INC's save cannot write AutoRound's mapping; its HF export loads anywhere
+                fmt = "inc-woq"
+                with quiet_stdout():
+                    qmodel.save_pretrained(tmp, safe_serialization=True)
+                tokenizer.save_pretrained(tmp)
             else:
                 fmt = "inc-woq"
                 save_inc_woq(qmodel, tokenizer, tmp, act_order=algo == "gptq" and config["gptq"]["act_order"])

@@ -282,3 +282,18 @@ def test_gptq_grid_matches_rtn_and_keeps_the_largest_weight():
     assert qdq(False)[0, 0].item() == pytest.approx(0.7 * 14 / 15)
     assert qdq(True)[0, 0].item() == pytest.approx(0.7)
     assert qdq(True)[0, 1].item() == pytest.approx(-0.3)  # 0.3 = 3 steps of 0.1
+
+
+def test_autoround_roundtrip(cli, tiny_model, calib_file):
+    pytest.importorskip("auto_round")
+    res = _quant(cli, "--algo", "autoround", "--bits", "4", "--calib-data", calib_file, "--name", "ar",
+                 "--set", "autoround.iters=2")
+    assert res.exit_code == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["format"] == "inc-woq" and out["algo"] == "autoround"
+    from llmctl.loading import load_model
+
+    loaded = load_model("ar", dtype="float32", device="cpu")
+    assert "QuantLinear" in type(loaded.model.model.layers[0].mlp.down_proj).__name__
+    gen = cli("generate", "--model", "ar", "--prompt", "Hello", "--max-new-tokens", "3", "--json")
+    assert gen.exit_code == 0, gen.stderr
