@@ -26,9 +26,9 @@ RUNS = {
     "magnitude-50": ["method=magnitude", "sparsity=0.5"],
     "wanda-50": ["method=wanda", "sparsity=0.5"],
     "sparsegpt-50": ["method=sparsegpt", "sparsity=0.5"],
-    "magnitude-2:4": ["method=magnitude", "pattern=2:4"],
-    "wanda-2:4": ["method=wanda", "pattern=2:4"],
-    "sparsegpt-2:4": ["method=sparsegpt", "pattern=2:4"],
+    "magnitude-2:4": ["method=magnitude"],
+    "wanda-2:4": ["method=wanda"],
+    "sparsegpt-2:4": ["method=sparsegpt"],
 }
 
 
@@ -63,7 +63,8 @@ def main() -> None:
     results: dict = {"settings": vars(args), "runs": {}}
     fp = None
     for key in [k.strip() for k in args.only.split(",") if k.strip()]:
-        config = resolve_config("prune", None, base + RUNS[key], {})
+        # the pattern goes in as an explicit value: YAML would read a --set 2:4 as the base-60 number 124
+        config = resolve_config("prune", None, base + RUNS[key], {"pattern": "2:4"} if key.endswith("2:4") else {})
         print(f"[{time.strftime('%H:%M:%S')}] {key} …", file=sys.stderr, flush=True)
         started = time.perf_counter()
         r = prune(args.model, f"bench-{key.replace(':', '-')}", config, command=f"benchmarks/prune_quality.py {key}",

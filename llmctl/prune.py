@@ -36,6 +36,9 @@ def parse_pattern(pattern: str | None) -> tuple[int, int] | None:
     """'2:4' → (2, 4): N non-zeros kept in every M consecutive weights; N < M required."""
     if pattern in (None, ""):
         return None
+    if str(pattern).isdigit():  # YAML reads an unquoted 2:4 from --set or a profile as the base-60 number 124
+        raise LlmctlError(f"--pattern came through as the number {pattern} (YAML read N:M as base 60)",
+                          hint="use --pattern 2:4, or quote it: --set 'pattern=\"2:4\"'")
     try:
         n_text, m_text = pattern.split(":")
         n, m = int(n_text), int(m_text)
