@@ -526,7 +526,6 @@ def quantize(model: str, name: str, config: dict, command: str = "", force: bool
 
         return tune(model, name, config, command=command, force=force, progress=progress)
     torch.manual_seed(config["calib"]["seed"])
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     say(f"loading {model}")
     loaded = load_source(model)
     tokenizer = loaded.tokenizer
