@@ -240,8 +240,9 @@ def windows(tokens, offsets, seq_len: int):
     return torch.from_numpy(arr)
 
 
-def val_bytes_per_token(data, split: str, tok) -> tuple[float | None, str]:
-    """Bytes per token of the val split: recorded in the index when available, else measured by decoding."""
+def val_bytes_per_token(data, split: str, tok, max_tokens: int = 1 << 22) -> tuple[float | None, str]:
+    """Bytes per token of the val split: recorded in the index when available, else measured by decoding
+    (its first `max_tokens` tokens)."""
     info = data.index["splits"].get(split, {})
     n = data.num_tokens(split)
     if not n:
@@ -249,6 +250,7 @@ def val_bytes_per_token(data, split: str, tok) -> tuple[float | None, str]:
     if info.get("bytes"):
         return info["bytes"] / n, "index"
     toks = data.tokens(split)
+    n = min(n, max_tokens)
     total = 0
     step = 1 << 20
     for i in range(0, n, step):
@@ -531,6 +533,8 @@ def _train(p: _Plan, on_log: Callable[[dict], None] | None) -> dict:
         d.barrier()
 
     ctx = autocast(device, tcfg["dtype"]) if tcfg["dtype"] != "float32" else nullcontext()
+    # float16 autocast on GPUs needs loss scaling; with any other dtype the scaler passes everything through
+    scaler = torch.amp.GradScaler("cuda", enabled=tcfg["dtype"] == "float16" and device.startswith("cuda"))
     val_tokens = data.tokens(val_split) if has_val else None
     bpt, bpt_source = (val_bytes_per_token(data, val_split, tok) if has_val else (None, "none"))
     logger = MetricsLogger(run_dir, tensorboard=True, append=resume) if d.main else None
@@ -578,7 +582,7 @@ def _train(p: _Plan, on_log: Callable[[dict], None] | None) -> dict:
                 model.set_requires_gradient_sync(m == accum - 1)
             with sync:
                 loss = _loss(model, batch, ctx) / accum
-                loss.backward()
+                scaler.scale(loss).backward()
             step_loss += loss.detach()
         # spike guard: a loss far above the recent mean rolls back to the last checkpoint with a lower LR
         if scfg["enabled"]:
@@ -611,8 +615,10 @@ def _train(p: _Plan, on_log: Callable[[dict], None] | None) -> dict:
             loss_hist.append(cur)
             loss_hist = loss_hist[-scfg["window"]:]
         if tcfg["grad_clip"] > 0:
+            scaler.unscale_(opt)
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         sched.step()
         opt.zero_grad(set_to_none=True)
         step += 1
@@ -650,9 +656,9 @@ def _train(p: _Plan, on_log: Callable[[dict], None] | None) -> dict:
 
     # -- final evaluation on the whole val split (up to data.final_eval_tokens), checkpoint, model --
     final: dict = {}
-    if has_val:
+    if has_val and dcfg["final_eval_tokens"]:
         limit = dcfg["final_eval_tokens"]
-        vt = val_tokens[:limit + 1] if limit and len(val_tokens) > limit + 1 else val_tokens
+        vt = val_tokens[:limit + 1] if len(val_tokens) > limit + 1 else val_tokens
         vl = evaluate(model, vt, seq_len, bsz, None, device, ctx, d)
         final = _val_metrics(vl, bpt)
         final["val_tokens_scored"] = int((len(vt) - 1) // seq_len * seq_len)

@@ -30,7 +30,7 @@ SCHEMA = Section(
         "which splits of the tokenized data dir to use",
         train_split=Field(str, "train", "split to train on"),
         val_split=Field(str, "val", "split for validation loss / perplexity / bits per byte; missing = no validation"),
-        final_eval_tokens=Field(int, 1000000, "tokens of the val split scored at the end (all of it when smaller)", ge=0),
+        final_eval_tokens=Field(int, 1000000, "tokens of the val split scored at the end (all of it when smaller); 0 skips it", ge=0),
     ),
     dist=Section(
         "multi-process training (under torchrun); ignored in a single process",
