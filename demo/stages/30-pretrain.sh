@@ -15,5 +15,5 @@ ARGS=(--profile shakespeare-tiny --data "$DATA" --name shakespeare-tiny-demo --f
 LLMCTL_PRETRAIN_KILL_AT_STEP=25 llmctl pretrain "${ARGS[@]}" || echo "(killed after step 25, as planned)"
 llmctl pretrain "${ARGS[@]}" --resume        # continues from the step-20 checkpoint with identical losses
 ls "$LLMCTL_HOME/runs/shakespeare-tiny-demo"
-llmctl models show shakespeare-tiny-demo | head -12
+llmctl models show shakespeare-tiny-demo
 llmctl generate --model shakespeare-tiny-demo --prompt "ROMEO:" --no-chat --max-new-tokens 40 --do-sample --seed 1
