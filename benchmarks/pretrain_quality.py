@@ -65,8 +65,13 @@ def main() -> None:
     tps = probe["tokens_per_s"]
     budget_tokens = tps * args.minutes * 60 * 0.92  # evals and checkpoints take some of the budget
     steps = max(10, int(budget_tokens / probe["tokens_per_step"]))
+    # on a slow (or busy) machine few steps fit: keep warmup to at most a tenth of them
+    from llmctl.profiles import resolve_config
+
+    warmup = min(resolve_config("pretrain", "shakespeare-tiny", [], {})["train"]["warmup_steps"], max(1, steps // 10))
     t1 = time.perf_counter()
-    result = json.loads(llmctl(*common, "--name", "shakespeare-tiny-bench", "--max-steps", str(steps), env=env))
+    result = json.loads(llmctl(*common, "--name", "shakespeare-tiny-bench", "--max-steps", str(steps),
+                               "--set", f"train.warmup_steps={warmup}", env=env))
     wall = time.perf_counter() - t1
     final = result["final"]
     print(json.dumps({
@@ -79,7 +84,7 @@ def main() -> None:
         "val_bpb": final.get("val_bpb"), "val_tokens_scored": final.get("val_tokens_scored"),
         "bytes_per_token": result["bytes_per_token"], "bytes_per_token_source": result["bytes_per_token_source"],
         "goal_val_bpb": 2.5, "meets_goal": final.get("val_bpb") is not None and final["val_bpb"] <= 2.5,
-        "tokenize_seconds": round(tokenize_s, 1), "extra_args": extra, "home": str(home),
+        "warmup_steps": warmup, "tokenize_seconds": round(tokenize_s, 1), "extra_args": extra, "home": str(home),
     }, indent=2))
 
 
