@@ -145,24 +145,16 @@ def merge_lora(adapter: str, name: str | None, config: dict, base: str | None = 
         meta["qlora_base"] = config["qlora_base"]
         meta["dequantized_linear_layers"] = dequantized
     with registry.new_model_dir(name, force=force) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
         if config["requantize"]:
-            from transformers import BitsAndBytesConfig
-
+            # the registry's `bnb` format (as `llmctl quantize --backend bnb` writes it): the weights plus the
+            # bitsandbytes config, applied when the model is loaded
             check_bnb_4bit("cpu")
-            plain = tmp / ".plain"
-            merged.save_pretrained(plain, safe_serialization=True)
-            q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=config["requantize"],
-                                   bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=getattr(torch, dtype))
-            quant = AutoModelForCausalLM.from_pretrained(plain, quantization_config=q, dtype=getattr(torch, dtype),
-                                                         device_map={"": "cpu"})
-            quant.save_pretrained(tmp, safe_serialization=True)
-            import shutil
-
-            shutil.rmtree(plain)
+            bnb = {"load_in_4bit": True, "bnb_4bit_quant_type": config["requantize"],
+                   "bnb_4bit_use_double_quant": True, "bnb_4bit_compute_dtype": dtype}
+            (tmp / "llmctl-entry.json").write_text(json.dumps({"format": "bnb", "bnb_config": bnb}))
             fmt = "bnb"
-            meta["bits"] = 4
-        else:
-            merged.save_pretrained(tmp, safe_serialization=True)
+            meta.update(bits=4, bnb_config=bnb)
         tokenizer.save_pretrained(tmp)
         save_config(config, tmp / "llmctl-config.yaml", command)
         parents = [p for p in (ad.name or ad.path, b.name or b.path)]

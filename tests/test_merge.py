@@ -132,4 +132,8 @@ def test_qlora_adapter_merges_onto_dequantized_base(cli, tiny_model, tiny_llama_
     rq = cli("merge-lora", "--adapter", ad, "--name", "qm4", "--requantize", "nf4")
     assert rq.exit_code == 0, rq.stderr
     q = Registry().get("qm4")
-    assert q.format == "bnb" and "quantization_config" in json.loads((Path(q.path) / "config.json").read_text())
+    assert q.format == "bnb" and q.meta["bnb_config"]["bnb_4bit_quant_type"] == "nf4"
+    from llmctl.loading import load_model
+
+    loaded = load_model("qm4", device="cpu")
+    assert type(loaded.model.model.layers[0].self_attn.q_proj).__name__ == "Linear4bit"
