@@ -32,7 +32,7 @@ SCHEMA = Section(
         percdamp=Field(float, 0.01, "Hessian damping as a fraction of its mean diagonal", gt=0.0),
         block_size=Field(int, 128, "columns per lazy-update block (capped at group_size)", ge=1),
         mse_search=Field(bool, False, "search clipping by MSE per group"),
-        rtn_grid=Field(bool, True, "symmetric grid ±max|w| like RTN (INC's GPTQ clips the largest weight 6.7%)"),
+        rtn_grid=Field(bool, False, "symmetric grid ±max|w| like RTN instead of INC GPTQ's 2·max|w|/15 (clips +max by 1/15)"),
     ),
     awq=Section(
         "AWQ (Lin et al. 2023)",
