@@ -419,7 +419,9 @@ def openvino_compress(src_dir: str, dest: Path, cfg: dict, calib_texts: list[str
     ov = cfg["openvino"]
     kwargs = dict(bits=cfg["bits"], sym=cfg["sym"])
     if cfg["bits"] == 4:
-        kwargs.update(group_size=cfg["group_size"], ratio=ov["ratio"])
+        # "adjust": a layer whose inputs the group size does not divide (576 = 4.5 × 128 on the default
+        # model) gets the largest group that fits, instead of NNCF refusing the whole model
+        kwargs.update(group_size=cfg["group_size"], ratio=ov["ratio"], group_size_fallback="adjust")
         if ov["awq"] or ov["scale_estimation"]:
             if not calib_texts:
                 raise LlmctlError("--awq and --scale-estimation need calibration data",
