@@ -147,6 +147,27 @@ def llama_absorb_map(model) -> dict[str, list[str]]:
     return absorb
 
 
+def awq_absorb_dict(model) -> dict:
+    """AWQ's scale-absorption pairs per LLaMA-style block, relative to the block ({} = let INC trace).
+
+    INC finds them by jit-tracing the model, which fails on transformers 4.57 LLaMA ("Jit trace in
+    GraphTrace failed, absorb layer detection is skipped"): AWQ then searches no scales at all, only
+    clipping. The pairs are AutoAWQ's: norm → q/k/v, norm → gate/up, up → down, and v → o when
+    every query head has its own kv head (with GQA, v's outputs do not line up with o's inputs).
+    """
+    layers = getattr(getattr(model, "model", None), "layers", None) if model is not None else None
+    if layers is None or not hasattr(layers[0], "input_layernorm") or not hasattr(layers[0], "mlp") \
+            or not hasattr(layers[0].mlp, "up_proj"):
+        return {}
+    pairs = {"input_layernorm": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+             "post_attention_layernorm": ("mlp.gate_proj", "mlp.up_proj"),
+             "mlp.up_proj": ("mlp.down_proj",)}
+    cfg = model.config
+    if getattr(cfg, "num_key_value_heads", cfg.num_attention_heads) == cfg.num_attention_heads:
+        pairs["self_attn.v_proj"] = ("self_attn.o_proj",)
+    return pairs
+
+
 def _teq_train_fn(windows, steps: int, lr: float):
     import torch
 
@@ -190,7 +211,8 @@ def inc_config(algo: str, cfg: dict, model=None):
                           percdamp=g["percdamp"], block_size=gptq_block(cfg), use_mse_search=g["mse_search"])
     if algo == "awq":
         a = cfg["awq"]
-        return AWQConfig(**common, use_auto_scale=a["auto_scale"], use_auto_clip=a["auto_clip"])
+        return AWQConfig(**common, use_auto_scale=a["auto_scale"], use_auto_clip=a["auto_clip"],
+                         absorb_layer_dict=awq_absorb_dict(model))
     if algo == "teq":
         return TEQConfig(**common, absorb_to_layer=llama_absorb_map(model), folding=True)
     if algo == "autoround":
