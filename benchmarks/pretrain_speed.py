@@ -1,15 +1,16 @@
 """Pretraining speed: `llmctl pretrain` vs a plain transformers training loop, same model, data and batch.
 
-Both sides train the shakespeare-tiny LLaMA (6.5M parameters, 4k vocabulary) on the same token data with
-the same batch (16 x 256) for the same number of steps, in separate processes run alternately (rounds) so
-load changes on a shared machine hit both. Tokens/s per side is the median over timed steps (the first
+Both sides train the shakespeare-tiny LLaMA (5.4M parameters with a 4k vocabulary) on the same token data
+with the same batch (16 x 256) for the same number of steps, in separate processes started together each
+round (one per side, threads split between them) so load changes on a shared machine hit all sides alike. Tokens/s per side is the median over timed steps (the first
 steps of each run are warm-up and skipped). The baseline is what one writes with transformers alone:
 `LlamaForCausalLM(config)(input_ids, labels=input_ids).loss`, `torch.optim.AdamW`, a cosine schedule,
-clipping, fp32. llmctl runs with its profile's defaults. Prints JSON with both speeds and the ratio
+clipping, fp32. llmctl runs with its profile's defaults, once per `--dtypes` value (default: auto = fp32
+on CPU, and bfloat16 autocast). Prints JSON with both speeds and the ratio
 (goal >= 1.3 on CPU). GPU: not measured here (no GPU on this machine).
 
 Examples:
-    python benchmarks/pretrain_speed.py                         # 3 rounds x 12 steps
+    python benchmarks/pretrain_speed.py                         # 3 rounds x 12 steps, fp32 and bf16
     python benchmarks/pretrain_speed.py --rounds 1 --steps 5    # quick check
     python benchmarks/pretrain_speed.py --data DIR              # an existing `tokenize encode` data dir
 """
@@ -50,13 +51,30 @@ def make_data(home: Path, env: dict) -> Path:
     return data
 
 
-def llmctl_side(data: Path, steps: int, env: dict, extra: list[str]) -> dict:
-    out = json.loads(run([LLMCTL, "pretrain", "--profile", "shakespeare-tiny", "--data", str(data), "--name", "speed",
-                          "--force", "--max-steps", str(steps), "--eval-every", "0", "--save-every", "0",
-                          "--set", "train.log_every=1", "--set", "data.final_eval_tokens=0", "--json", *extra], env))
+def llmctl_cmd(data: Path, steps: int, name: str, dtype: str, extra: list[str]) -> list[str]:
+    return [LLMCTL, "pretrain", "--profile", "shakespeare-tiny", "--data", str(data), "--name", name, "--force",
+            "--max-steps", str(steps), "--eval-every", "0", "--save-every", "0", "--dtype", dtype,
+            "--set", "train.log_every=1", "--set", "data.final_eval_tokens=0", "--json", *extra]
+
+
+def llmctl_result(stdout: str) -> dict:
+    out = json.loads(stdout)
     rows = [json.loads(x) for x in (Path(out["run_dir"]) / "metrics.jsonl").read_text().splitlines() if x.strip()]
     tps = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][SKIP:]
     return {"tokens_per_s": statistics.median(tps), "params": out["params"], "final_loss": rows[-1].get("loss")}
+
+
+def run_together(cmds: list[list[str]], env: dict) -> list[str]:
+    """Start all commands at once (they share the machine's load equally) and return their stdouts."""
+    procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in cmds]
+    outs = []
+    for c, p in zip(cmds, procs):
+        stdout, stderr = p.communicate()
+        if p.returncode != 0:
+            sys.stderr.write(stderr[-4000:])
+            raise SystemExit(f"{' '.join(c[:3])} failed ({p.returncode})")
+        outs.append(stdout)
+    return outs
 
 
 def baseline_side(data: Path, steps: int, config: dict) -> dict:
@@ -105,6 +123,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=None, help="tokenized data dir (default: tokenize tiny-shakespeare)")
     ap.add_argument("--home", default=None, help="LLMCTL_HOME (default: a temp dir)")
     ap.add_argument("--llmctl-args", default="", help="extra pretrain arguments for the llmctl side")
+    ap.add_argument("--dtypes", default="auto,bfloat16", help="llmctl --dtype values, each one llmctl side")
     ap.add_argument("--side", choices=["baseline"], default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -117,27 +136,38 @@ def main() -> None:
     home = Path(args.home or tempfile.mkdtemp(prefix="llmctl-pts-"))
     env = {**os.environ, "LLMCTL_HOME": str(home)}
     data = args.data or make_data(home, env)
-    import torch
-
     extra = args.llmctl_args.split()
-    ours, base = [], []
+    dtypes = args.dtypes.split(",")
+    threads = max(1, (os.cpu_count() or 1) // (len(dtypes) + 1))
+    env = {**env, "OMP_NUM_THREADS": str(threads)}
+    ours: dict[str, list] = {dt: [] for dt in dtypes}
+    base = []
     for _ in range(args.rounds):
-        ours.append(llmctl_side(data, args.steps, env, extra))
-        base.append(json.loads(run([sys.executable, __file__, "--side", "baseline", "--data", str(data),
-                                    "--steps", str(args.steps)], env)))
-    o = statistics.median(r["tokens_per_s"] for r in ours)
+        cmds = [llmctl_cmd(data, args.steps, f"speed-{dt}", dt, extra) for dt in dtypes]
+        cmds.append([sys.executable, __file__, "--side", "baseline", "--data", str(data), "--steps", str(args.steps)])
+        outs = run_together(cmds, env)
+        for dt, o in zip(dtypes, outs):
+            ours[dt].append(llmctl_result(o))
+        base.append(json.loads(outs[-1]))
     b = statistics.median(r["tokens_per_s"] for r in base)
-    print(json.dumps({
-        "benchmark": "pretrain_speed", "device": "cpu", "threads": torch.get_num_threads(),
-        "model": "shakespeare-tiny LLaMA", "params_llmctl": ours[0]["params"], "params_baseline": base[0]["params"],
+    report = {
+        "benchmark": "pretrain_speed", "device": "cpu", "threads_per_process": threads,
+        "method": f"{len(dtypes) + 1} processes started together per round (same load on each)",
+        "model": "shakespeare-tiny LLaMA", "params": base[0]["params"],
         "batch": f"{config['train']['batch_size']}x{config['train']['seq_len']}", "steps_per_run": args.steps,
-        "rounds": args.rounds, "llmctl_dtype": config["train"]["dtype"], "llmctl_extra_args": extra,
-        "llmctl_tokens_per_s": round(o, 1), "baseline_tokens_per_s": round(b, 1), "ratio": round(o / b, 3),
-        "goal_ratio": 1.3, "llmctl_runs": [round(r["tokens_per_s"], 1) for r in ours],
-        "baseline_runs": [round(r["tokens_per_s"], 1) for r in base],
-        "final_loss_llmctl": ours[-1]["final_loss"], "final_loss_baseline": base[-1]["final_loss"],
+        "timed_steps_per_run": args.steps - SKIP, "rounds": args.rounds, "llmctl_extra_args": extra,
+        "baseline": "HF LlamaForCausalLM(labels=...) + torch.optim.AdamW + cosine schedule, fp32",
+        "baseline_tokens_per_s": round(b, 1), "baseline_runs": [round(r["tokens_per_s"], 1) for r in base],
+        "final_loss_baseline": base[-1]["final_loss"], "goal_ratio": 1.3,
         "gpu": "not measured: no GPU on this machine",
-    }, indent=2))
+    }
+    for dt in dtypes:
+        o = statistics.median(r["tokens_per_s"] for r in ours[dt])
+        report[f"llmctl_{dt}_tokens_per_s"] = round(o, 1)
+        report[f"llmctl_{dt}_runs"] = [round(r["tokens_per_s"], 1) for r in ours[dt]]
+        report[f"ratio_{dt}"] = round(o / b, 3)
+        report[f"final_loss_llmctl_{dt}"] = ours[dt][-1]["final_loss"]
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
