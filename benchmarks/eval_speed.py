@@ -74,12 +74,16 @@ def main() -> None:
                    data_file, "validation", tmp)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "")}
     env = {k: v for k, v in env.items() if v != ""}
+    import resource
+
     runs = {"llmctl": [], "lm_eval": []}
+    cpu = {"llmctl": [], "lm_eval": []}  # user+sys seconds of the child: far less sensitive to other load
     scores = {}
     for r in range(args.repeats):
         order = ["llmctl", "lm_eval"] if r % 2 == 0 else ["lm_eval", "llmctl"]
         for side in order:
             t0 = time.perf_counter()
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             if side == "llmctl":
                 cmd = [str(BIN / "llmctl"), "eval", "--model", args.model, "--tasks", "hellaswag", "--data-dir",
                        args.data_dir, "--limit", str(args.limit), "--batch-size", str(args.batch_size),
@@ -89,6 +93,8 @@ def main() -> None:
                        str(args.batch_size)]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             seconds = time.perf_counter() - t0
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu[side].append(round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2))
             if proc.returncode != 0:
                 sys.exit(f"{side} failed:\n{proc.stderr[-3000:]}")
             payload = json.loads(proc.stdout)
@@ -96,13 +102,15 @@ def main() -> None:
                        else payload["metrics"])
             runs[side].append(round(seconds, 2))
             scores[side] = metrics
-            print(f"{side}: {seconds:.1f} s {metrics}", file=sys.stderr, flush=True)
+            print(f"{side}: {seconds:.1f} s wall, {cpu[side][-1]:.1f} s cpu {metrics}", file=sys.stderr, flush=True)
     best = {k: min(v) for k, v in runs.items()}
+    best_cpu = {k: min(v) for k, v in cpu.items()}
     diffs = {m: abs(scores["llmctl"][m] - scores["lm_eval"][m]) for m in scores["lm_eval"]}
     print(json.dumps({
         "model": args.model, "task": "hellaswag", "limit": args.limit, "batch_size": args.batch_size,
         "data_file": str(data_file), "wall_seconds": runs, "best_seconds": best,
         "ratio_llmctl_over_lm_eval": round(best["llmctl"] / best["lm_eval"], 3),
+        "cpu_seconds": cpu, "cpu_ratio_llmctl_over_lm_eval": round(best_cpu["llmctl"] / best_cpu["lm_eval"], 3),
         "scores": scores, "max_abs_score_diff": max(diffs.values()),
         "scores_equal_1e-6": all(d <= 1e-6 for d in diffs.values()),
     }, indent=2))
