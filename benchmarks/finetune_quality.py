@@ -45,6 +45,9 @@ def main() -> None:
     ap.add_argument("--grad-accum", type=int, default=1)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--warmup-steps", type=int, default=None, help="default: 10%% of --steps")
+    ap.add_argument("--before-loss", type=float, default=None,
+                    help="reuse a held-out loss of the base measured by an earlier run (same data and --seq-len)")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--seed", type=int, default=1234)
     args = ap.parse_args()
@@ -63,25 +66,31 @@ def main() -> None:
         os.environ["LLMCTL_HOME"] = str(Path(tmp) / "home")
         import_model(Registry(), base_path, "base", link=True)
         t0 = time.time()
-        base = load_model("base", dtype="float32", device="cpu")
-        before, tokens = heldout_loss(base.model, base.tokenizer, held, args.seq_len, args.batch_size, args.dtype)
-        del base
+        if args.before_loss is None:
+            base = load_model("base", dtype="float32", device="cpu")
+            before, tokens = heldout_loss(base.model, base.tokenizer, held, args.seq_len, args.batch_size, args.dtype)
+            del base
+        else:
+            before, tokens = args.before_loss, None
         t_eval = time.time() - t0
+        warmup = args.warmup_steps if args.warmup_steps is not None else max(1, args.steps // 10)
         config = resolve_config("finetune", "lora", [f"data.eval_split={args.heldout}", "train.save_every=0",
                                                      "train.eval_every=0"],
                                 {"train.max_steps": args.steps, "train.batch_size": args.batch_size,
                                  "train.grad_accum": args.grad_accum, "train.seq_len": args.seq_len,
-                                 "train.lr": args.lr, "train.seed": args.seed, "train.dtype": args.dtype})
+                                 "train.lr": args.lr, "train.seed": args.seed, "train.dtype": args.dtype,
+                                 "train.warmup_steps": warmup})
         t1 = time.time()
         res = finetune("base", Path(args.data), "alpaca-lora", config,
                        on_log=lambda s: print(s, file=__import__("sys").stderr, flush=True))
         t_train = time.time() - t1
         tuned = load_model("alpaca-lora", dtype="float32", device="cpu")
-        after, _ = heldout_loss(tuned.model, tuned.tokenizer, held, args.seq_len, args.batch_size, args.dtype)
+        after, tokens = heldout_loss(tuned.model, tuned.tokenizer, held, args.seq_len, args.batch_size, args.dtype)
     report = {"benchmark": "finetune_quality", "model": args.model, "method": "lora (all linear, r16, alpha32)",
               "train_examples": len(records) - args.heldout, "heldout_examples": args.heldout,
               "heldout_response_tokens": tokens, "steps": args.steps, "batch_size": args.batch_size,
-              "grad_accum": args.grad_accum, "seq_len": args.seq_len, "lr": args.lr, "packing": True,
+              "grad_accum": args.grad_accum, "seq_len": args.seq_len, "lr": args.lr, "warmup_steps": warmup,
+              "before_loss_reused": args.before_loss is not None, "packing": True,
               "train_tokens": res.metrics["tokens"], "train_tokens_per_s": res.metrics["tokens_per_s"],
               "train_seconds": round(t_train, 1), "eval_seconds": round(t_eval, 1),
               "heldout_loss_before": round(before, 4), "heldout_loss_after": round(after, 4),
