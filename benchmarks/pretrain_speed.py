@@ -5,12 +5,12 @@ with the same batch (16 x 256) for the same number of steps, in separate process
 round (one per side, threads split between them) so load changes on a shared machine hit all sides alike. Tokens/s per side is the median over timed steps (the first
 steps of each run are warm-up and skipped). The baseline is what one writes with transformers alone:
 `LlamaForCausalLM(config)(input_ids, labels=input_ids).loss`, `torch.optim.AdamW`, a cosine schedule,
-clipping, fp32. llmctl runs with its profile's defaults, once per `--dtypes` value (default: auto = fp32
-on CPU, and bfloat16 autocast). Prints JSON with both speeds and the ratio
+clipping, fp32. llmctl runs with its profile's defaults, once per `--dtypes` value (default: auto = bf16
+autocast on CPUs with native bf16, else fp32; and float32). Prints JSON with both speeds and the ratio
 (goal >= 1.3 on CPU). GPU: not measured here (no GPU on this machine).
 
 Examples:
-    python benchmarks/pretrain_speed.py                         # 3 rounds x 12 steps, fp32 and bf16
+    python benchmarks/pretrain_speed.py                         # 3 rounds x 12 steps, auto and float32
     python benchmarks/pretrain_speed.py --rounds 1 --steps 5    # quick check
     python benchmarks/pretrain_speed.py --data DIR              # an existing `tokenize encode` data dir
 """
@@ -123,7 +123,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=None, help="tokenized data dir (default: tokenize tiny-shakespeare)")
     ap.add_argument("--home", default=None, help="LLMCTL_HOME (default: a temp dir)")
     ap.add_argument("--llmctl-args", default="", help="extra pretrain arguments for the llmctl side")
-    ap.add_argument("--dtypes", default="auto,bfloat16", help="llmctl --dtype values, each one llmctl side")
+    ap.add_argument("--dtypes", default="auto,float32", help="llmctl --dtype values, each one llmctl side")
     ap.add_argument("--side", choices=["baseline"], default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
 

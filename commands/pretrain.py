@@ -74,7 +74,8 @@ def _print_log(row: dict) -> None:
     if event == "start":
         where = f" x{row['world']} ({row['strategy']})" if row["world"] > 1 else ""
         resumed = f", resuming at step {row['resumed_from']}" if row["resumed_from"] is not None else ""
-        err.print(f"Training {row['params'] / 1e6:.2f}M parameters on {row['device']}{where}, {row['max_steps']} steps of "
+        err.print(f"Training {row['params'] / 1e6:.2f}M parameters on {row['device']}{where} ({row['dtype']}), "
+                  f"{row['max_steps']} steps of "
                   f"{row['tokens_per_step']:,} tokens{resumed}; run dir {row['run_dir']}")
     elif event == "rollback":
         err.print(f"[yellow]loss spike {row['spike_loss']:.3f}: rolled back to step {row['step']}, "
