@@ -60,10 +60,12 @@ def main() -> None:
     common = ["pretrain", "--profile", "shakespeare-tiny", "--data", str(data), "--json", "--force", *extra]
     # speed probe: a few steps, no eval, no checkpoints in between
     probe = json.loads(llmctl(*common, "--name", "ptq-probe", "--max-steps", str(args.probe_steps),
-                              "--eval-every", "0", "--save-every", "0", "--set", "data.final_eval_tokens=0",
+                              "--eval-every", "0", "--set", "train.log_every=1", "--save-every", "0", "--set", "data.final_eval_tokens=0",
                               env=env))
-    tps = probe["tokens_per_s"]
-    budget_tokens = tps * args.minutes * 60 * 0.92  # evals and checkpoints take some of the budget
+    rows = [json.loads(x) for x in (Path(probe["run_dir"]) / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    step_tps = sorted(r["tokens_per_s"] for r in rows[1:] if "tokens_per_s" in r)  # the first step is warm-up
+    tps = step_tps[len(step_tps) // 2] if step_tps else probe["tokens_per_s"]
+    budget_tokens = tps * args.minutes * 60 * 0.95  # evals and checkpoints take some of the budget
     steps = max(10, int(budget_tokens / probe["tokens_per_step"]))
     # on a slow (or busy) machine few steps fit: keep warmup to at most a tenth of them
     from llmctl.profiles import resolve_config
