@@ -5,7 +5,7 @@
 set -euo pipefail
 export LLMCTL_DATA_DIR="$SHARED/data"
 M=smollm2-135m-instruct
-llmctl eval --model $M --tasks hellaswag,arc_challenge --limit 20 --batch-size 16 \
+llmctl eval --model $M --tasks hellaswag,arc_challenge --limit 10 --batch-size 16 \
   --output "$DEMO_OUT/eval-$M.json" --force
 llmctl eval --model $M --tasks perplexity --data "$SHARED/data/wikitext-2-raw/wiki.test.raw" \
   --seqlen 512 --stride 256 --max-tokens 4096
