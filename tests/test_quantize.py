@@ -91,6 +91,40 @@ def test_gptq_act_order_reload_matches_in_memory(tiny_model, calib_file):
         assert torch.allclose(q(x).logits, reloaded(x).logits, atol=1e-4)
 
 
+def test_gptq_true_sequential_feeds_each_block_its_real_inputs(tiny_model, calib_file):
+    """INC 3.10 overwrote a block's cached inputs after each true-sequential group (block applied 5x)."""
+    import torch
+
+    from llmctl.calibration import prepare_data
+    from llmctl.profiles import resolve_config
+    from llmctl.quantize import inc_weight_only, load_source
+
+    cfg = resolve_config("quantize", None, ["algo=gptq", "group_size=32", "gptq.true_sequential=true"], {})
+    src = load_source("tiny")
+    data = prepare_data(src.tokenizer, str(calib_file), 4, 32, 0, None, 0, need_calib=True)
+    seen = []
+    hook = src.model.model.layers[1].register_forward_pre_hook(lambda mod, args: seen.append(args[0].clone()))
+    q = inc_weight_only(src.model, "gptq", cfg, data.windows)
+    hook.remove()
+    real = []
+    hook = q.model.layers[1].register_forward_pre_hook(lambda mod, args: real.append(args[0].clone()))
+    with torch.no_grad():
+        q(data.windows[0])
+    hook.remove()
+    # block 1's first calibration input is block 0's (fully quantized) output for window 0, applied once
+    assert torch.allclose(seen[0], real[0], atol=1e-5)
+
+
+def test_block_inputs_take_outputs_after_every_group_wrote():
+    from llmctl.quantize import _BlockInputs
+
+    cache = _BlockInputs(["x0", "x1"], groups=2)
+    cache[0], cache[1] = "a0", "a1"          # group 1 of 2: reads still give the block inputs
+    assert list(cache) == ["x0", "x1"]
+    cache[0], cache[1] = "b0", "b1"          # last group: its outputs become the next block's inputs
+    assert list(cache) == ["b0", "b1"]
+
+
 def test_bad_bits_for_algo_lists_supported(cli, tiny_model):
     res = cli("quantize", "--model", "tiny", "--algo", "smoothquant", "--bits", "4", "--name", "x")
     assert res.exit_code == 1
