@@ -12,4 +12,4 @@ llmctl generate --model smol-alpaca-lora --prompt "Give three tips for staying h
 llmctl merge-lora --adapter smol-alpaca-lora --name smol-alpaca --force
 llmctl merge-lora --adapter smol-alpaca --name smol-alpaca-twice      # already merged: says so, does nothing
 llmctl generate --model smol-alpaca --prompt "Give three tips for staying healthy." --max-new-tokens 32
-llmctl models show smol-alpaca | head -12
+llmctl models show smol-alpaca

@@ -20,4 +20,4 @@ if python3 -c "import optimum.intel" 2>/dev/null || "$(dirname "$(command -v llm
 else
   echo "(OpenVINO not installed: pip install 'llmctl[openvino]' to add the OpenVINO int8/int4 step)"
 fi
-llmctl models show smol-gptq4 | head -30
+llmctl models show smol-gptq4
