@@ -15,3 +15,11 @@ if _os.environ.get("LLMCTL_ALLOW_NETWORK", "") not in ("1", "true", "yes"):
     for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
         _os.environ.setdefault(_var, "1")
 _os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # library chatter would drown our stderr
+# neural-compressor reads LOGLEVEL once at import; peft imports it even for plain LoRA (set LOGLEVEL=INFO to see it).
+_os.environ.setdefault("LOGLEVEL", "ERROR")
+
+# bitsandbytes tries to fetch a CPU 4-bit kernel from the hub at import and warns when it cannot; offline
+# that always fails and its fallback kernel works, so the warning is noise on every peft import.
+import logging as _logging
+
+_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
