@@ -499,7 +499,13 @@ def openvino_compress(src_dir: str, dest: Path, cfg: dict, calib_texts: list[str
             if ov["awq"]:
                 kwargs["quant_method"] = "awq"
     qc = OVWeightQuantizationConfig(**kwargs)
-    with quiet_stdout():
+    import warnings
+
+    import torch
+
+    with quiet_stdout(), warnings.catch_warnings():
+        # the export traces the model once; its TracerWarnings are about shapes the IR keeps dynamic anyway
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         model = OVModelForCausalLM.from_pretrained(src_dir, export=True, quantization_config=qc, compile=False)
         model.save_pretrained(dest)
 
