@@ -115,6 +115,23 @@ def test_gptq_true_sequential_feeds_each_block_its_real_inputs(tiny_model, calib
     assert torch.allclose(seen[0], real[0], atol=1e-5)
 
 
+def test_awq_replays_blocks_without_a_kv_cache(tiny_model, calib_file):
+    """INC AWQ replays captured decoder-layer kwargs; a captured DynamicCache grew on every replay."""
+    from llmctl.calibration import prepare_data
+    from llmctl.profiles import resolve_config
+    from llmctl.quantize import inc_weight_only, load_source
+
+    cfg = resolve_config("quantize", None, ["algo=awq", "group_size=32"], {})
+    src = load_source("tiny")
+    data = prepare_data(src.tokenizer, str(calib_file), 4, 32, 0, None, 0, need_calib=True)
+    caches = []
+    hook = src.model.model.layers[1].register_forward_pre_hook(
+        lambda mod, args, kwargs: caches.append(kwargs.get("past_key_values")), with_kwargs=True)
+    inc_weight_only(src.model, "awq", cfg, data.windows)
+    hook.remove()
+    assert caches and all(c is None for c in caches)
+
+
 def test_block_inputs_take_outputs_after_every_group_wrote():
     from llmctl.quantize import _BlockInputs
 
