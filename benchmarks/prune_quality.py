@@ -45,21 +45,12 @@ def main() -> None:
     args = ap.parse_args()
 
     os.environ.setdefault("LLMCTL_HOME", tempfile.mkdtemp(prefix="llmctl-bench-"))
-    from llmctl.calibration import encode
-    from llmctl.loading import load_tokenizer
-    from llmctl.perplexity import read_text
+    from _heldout_split import heldout_sets
     from llmctl.profiles import resolve_config
     from llmctl.prune import prune
-    from llmctl.resolve import resolve_model
 
-    tok = load_tokenizer(resolve_model(args.model).path)
-    ids = encode(tok, read_text(Path(args.data)))
-    work = Path(tempfile.mkdtemp(prefix="pbench-"))
-    eval_file, calib_file = work / "eval.txt", work / "calib.txt"
-    eval_file.write_text(tok.decode(ids[: args.eval_tokens]), encoding="utf-8")
-    calib_file.write_text(tok.decode(ids[args.eval_tokens:]), encoding="utf-8")
-    base = [f"calib.data={calib_file}", f"calib.samples={args.calib_samples}", f"calib.seqlen={args.calib_seqlen}",
-            f"eval.data={eval_file}", f"eval.tokens={args.eval_tokens}", f"eval.seqlen={args.seqlen}"]
+    base = heldout_sets(args.model, args.data, args.eval_tokens, args.seqlen, args.calib_samples,
+                        args.calib_seqlen, "pbench-")
     results: dict = {"settings": vars(args), "runs": {}}
     fp = None
     for key in [k.strip() for k in args.only.split(",") if k.strip()]:

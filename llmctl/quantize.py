@@ -71,10 +71,6 @@ def quiet_stdout():
         yield
 
 
-def _inc_env() -> None:
-    os.environ.setdefault("LOGLEVEL", "WARNING")  # neural-compressor's logger reads this at import
-
-
 # ---- loading the input model --------------------------------------------------------------------
 
 def describe_quantized(resolved) -> str:
@@ -202,7 +198,6 @@ def gptq_block(cfg: dict) -> int:
 
 def inc_config(algo: str, cfg: dict, model=None):
     """The neural-compressor config object for an INC weight-only algo and a resolved quantize config."""
-    _inc_env()
     from neural_compressor.torch.quantization import AWQConfig, GPTQConfig, RTNConfig, TEQConfig
 
     common = dict(bits=cfg["bits"], use_sym=cfg["sym"], group_size=cfg["group_size"])
@@ -307,7 +302,6 @@ def gptq_block_inputs_fix():
 
 def inc_weight_only(model, algo: str, cfg: dict, windows: list):
     """Quantize model in place with INC's prepare/convert; returns the quantized model."""
-    _inc_env()
     import torch
     from neural_compressor.torch.quantization import convert, prepare
 
@@ -331,7 +325,6 @@ def inc_weight_only(model, algo: str, cfg: dict, windows: list):
 
 def save_inc_woq(qmodel, tokenizer, dest: Path, act_order: bool) -> None:
     """INC `save` plus config/tokenizer so the folder loads by itself (see load_inc_woq)."""
-    _inc_env()
     with quiet_stdout():
         qmodel.save(str(dest))
     qcfg = dest / "qconfig.json"
@@ -367,7 +360,6 @@ def load_inc_woq(path: str):
 
     AutoRound results are HF folders with an auto-round quantization_config (transformers loads them).
     """
-    _inc_env()
     import torch
     from neural_compressor.torch.quantization import load
 
