@@ -116,16 +116,19 @@ def hf_dir_of(loaded, tmp_root: Path) -> str:
 
 # ---- INC weight-only ----------------------------------------------------------------------------
 
-def _run_fn(windows):
+def _run_fn(windows, kv_cache: bool = False):
+    """Calibration forwards over the windows, without a KV cache unless asked.
+
+    INC AWQ keeps the decoder-layer kwargs it captures (a DynamicCache among them) and replays them per
+    block, so every replay grew the cache and attended to earlier windows (24 GB RSS and OOM at 32x512
+    tokens on the 135M default model). auto-round captures block inputs itself and needs the default call.
+    """
     import torch
 
     def run(model):
         with torch.no_grad():
             for w in windows:
-                # no KV cache: INC AWQ keeps the decoder-layer kwargs it captures (a DynamicCache among
-                # them) and replays them per block, so every replay grew the cache and attended to
-                # earlier windows (24 GB RSS and OOM at 32x512 tokens on the 135M default model)
-                model(w, use_cache=False)
+                model(w) if kv_cache else model(w, use_cache=False)
     return run
 
 
@@ -312,7 +315,7 @@ def inc_weight_only(model, algo: str, cfg: dict, windows: list):
         if algo in ("gptq", "autoround"):
             q = prepare(model, qc)
             with gptq_rtn_grid(algo == "gptq" and cfg["gptq"]["rtn_grid"]), gptq_block_inputs_fix():
-                _run_fn(windows)(q)
+                _run_fn(windows, kv_cache=algo == "autoround")(q)
                 return convert(q)
         q = prepare(model, qc, example_inputs=windows[0])
         if algo == "teq":
