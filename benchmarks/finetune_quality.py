@@ -25,14 +25,15 @@ DATA = ROOT.parent / "shared" / "data" / "alpaca" / "alpaca_2000.json"
 
 def heldout_loss(model, tokenizer, records, seq_len: int, batch_size: int, dtype: str) -> tuple[float, int]:
     """Mean response-token loss over every held-out example (packed, block-diagonal attention)."""
-    from llmctl.finetune import _sft_plan, sft_eval_loss, train_dtype
+    from llmctl.finetune import _sft_plan, sft_eval_loss
+    from llmctl.training import compute_dtype
     from llmctl.finetune_data import tokenize_sft
 
     examples, _ = tokenize_sft(records, "alpaca", tokenizer, "auto", seq_len)
     config = {"train": {"seq_len": seq_len, "batch_size": batch_size}}
     plan = _sft_plan(examples, config, tokenizer.pad_token_id, True, 0)
     tokens = sum(sum(1 for l in e.labels[1:] if l != -100) for e in examples)
-    return sft_eval_loss(model, plan, "cpu", train_dtype(dtype, "cpu"), fast=True), tokens
+    return sft_eval_loss(model, plan, "cpu", compute_dtype(dtype, "cpu"), fast=True), tokens
 
 
 def main() -> None:

@@ -98,7 +98,8 @@ def hf_side(args) -> dict:
 
 
 def llmctl_side(args) -> dict:
-    from llmctl.finetune import finetune, train_dtype
+    from llmctl.finetune import finetune
+    from llmctl.training import compute_dtype
     from llmctl.profiles import resolve_config
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -121,7 +122,7 @@ def llmctl_side(args) -> dict:
     return {"side": "llmctl", "steps": args.steps, "tokens": m["tokens_trained"], "seconds": m["train_seconds"],
             "tokens_per_s": m["tokens_per_s"], "cpu_seconds": m["train_cpu_seconds"],
             "tokens_per_cpu_s": round(m["tokens_trained"] / m["train_cpu_seconds"], 2),
-            "peak_rss_mb": round(peak_rss_mb(), 1), "compute_dtype": train_dtype(args.llmctl_dtype, "cpu"),
+            "peak_rss_mb": round(peak_rss_mb(), 1), "compute_dtype": compute_dtype(args.llmctl_dtype, "cpu"),
             **_gpu_peak()}
 
 

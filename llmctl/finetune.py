@@ -184,18 +184,6 @@ def _lm_parts(model):
     return body, head
 
 
-def train_dtype(dtype: str, device: str) -> str:
-    """'auto' → bfloat16 autocast on CPUs with native bf16 (AVX512-BF16/AMX) too, not only on GPUs."""
-    if dtype == "auto" and device == "cpu":
-        import torch
-
-        try:
-            return "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
-        except (AttributeError, RuntimeError):
-            return "float32"
-    return dtype
-
-
 def _to(batch: dict, device: str) -> dict:
     return {k: (v.to(device) if hasattr(v, "to") else v) for k, v in batch.items()}
 
@@ -338,8 +326,8 @@ def finetune(model: str, data: Path, name: str, config: dict, resume: bool = Fal
     from llmctl.profiles import save_config
     from llmctl.registry import ModelEntry, Registry, validate_name
     from llmctl.resolve import resolve_model
-    from llmctl.training import (Checkpointer, MetricsLogger, autocast, make_optimizer, make_scheduler,
-                                 seed_everything, set_rng_state)
+    from llmctl.training import (Checkpointer, MetricsLogger, autocast, compute_dtype, make_optimizer,
+                                 make_scheduler, seed_everything, set_rng_state)
 
     log = on_log or (lambda s: None)
     validate_name(name)
@@ -356,7 +344,7 @@ def finetune(model: str, data: Path, name: str, config: dict, resume: bool = Fal
         raise LlmctlError(f"{base.label} has format {base.format!r}; finetune needs a full model (hf)",
                           hint="merge an adapter first with `llmctl merge-lora`, or pick a base model")
     device = pick_device(t["device"])
-    compute_dtype = train_dtype(t["dtype"], device)
+    run_dtype = compute_dtype(t["dtype"], device)
     seed_everything(t["seed"])
 
     # data
@@ -392,7 +380,7 @@ def finetune(model: str, data: Path, name: str, config: dict, resume: bool = Fal
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     total_params = sum(p.numel() for p in net.parameters())
     log(f"{method} on {base.label}: {trainable:,} trainable of {total_params:,} parameters, device {device}, "
-        f"compute {compute_dtype}")
+        f"compute {run_dtype}")
     ref_model = None
     if objective == "dpo" and method == "full":
         ref_model = copy.deepcopy(net).eval()
@@ -460,7 +448,7 @@ def finetune(model: str, data: Path, name: str, config: dict, resume: bool = Fal
         for b in micro:
             b = _to(b, device)
             tokens_run += b["tokens"]
-            with autocast(device, compute_dtype):
+            with autocast(device, run_dtype):
                 if objective == "sft":
                     s, _ = token_logps(net, b, fast)
                     loss = s / max(1, denom)
@@ -483,7 +471,7 @@ def finetune(model: str, data: Path, name: str, config: dict, resume: bool = Fal
         row.update(extra)
         if eval_plan is not None and t["eval_every"] and (step % t["eval_every"] == 0 or step == max_steps):
             ev = _evaluate(net, ref_model, ref_ctx, eval_plan, config, device, fast,
-                           None if step == max_steps else t["eval_batches"], compute_dtype)
+                           None if step == max_steps else t["eval_batches"], run_dtype)
             row.update(ev)
             last_eval = ev
         elapsed = time.time() - t0
@@ -501,7 +489,7 @@ def finetune(model: str, data: Path, name: str, config: dict, resume: bool = Fal
             return FinetuneResult(name, "", "", method, objective, step, str(run_dir), {"loss": last_loss},
                                   data_info, resumed_from)
     if eval_plan is not None and last_eval is None:
-        last_eval = _evaluate(net, ref_model, ref_ctx, eval_plan, config, device, fast, None, compute_dtype)
+        last_eval = _evaluate(net, ref_model, ref_ctx, eval_plan, config, device, fast, None, run_dtype)
     ckpt.save(max(step, start), _trainable_state(net), optimizer, scheduler,
               extra={"tokens_seen": tokens_seen, "fingerprint": json.dumps(fingerprint, sort_keys=True)})
     metrics_log.close(f"finetune {name} ({method}, {objective})")
@@ -513,7 +501,7 @@ def finetune(model: str, data: Path, name: str, config: dict, resume: bool = Fal
     # output
     out_format = "peft-adapter" if method in PEFT_METHODS else "hf"
     meta = {"method": method, "objective": objective, "base": base.label, "run_dir": str(run_dir),
-            "compute_dtype": compute_dtype,
+            "compute_dtype": run_dtype,
             "trainable_parameters": trainable, "data": data_info, "template": stats.extra["template"]}
     meta["base_arch"] = _arch_of(base_model)
     if method == "qlora":

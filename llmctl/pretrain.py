@@ -85,28 +85,6 @@ def _init_dist(config: dict, device: str) -> Dist:
     return Dist(rank=rank, world=world, local_rank=local, active=True)
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 matrix products natively (AMX or AVX512-BF16; Linux /proc/cpuinfo)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
-    return " amx_bf16" in flags or " avx512_bf16" in flags
-
-
-def compute_dtype(dtype: str, device: str) -> str:
-    """`auto` → bf16 autocast on GPUs with bf16 and on CPUs with native bf16 (measured 1.35x faster than fp32
-    on an AMX CPU, benchmarks/pretrain_speed.py), else float32. Explicit values are kept."""
-    if dtype != "auto":
-        return dtype
-    if device.startswith("cuda"):
-        import torch
-
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    return "bfloat16" if device == "cpu" and cpu_has_native_bf16() else "float32"
-
-
 def _pick_device(device: str, dist_env: bool) -> str:
     from llmctl.loading import pick_device
 
@@ -452,7 +430,8 @@ def _train(p: _Plan, on_log: Callable[[dict], None] | None) -> dict:
     from llmctl.profiles import save_config
     from llmctl.registry import ModelEntry, Registry
     from llmctl.token_data import file_sha256
-    from llmctl.training import Checkpointer, MetricsLogger, autocast, lr_factor, param_groups, seed_everything, set_rng_state
+    from llmctl.training import (Checkpointer, MetricsLogger, autocast, compute_dtype, lr_factor, param_groups,
+                                 seed_everything, set_rng_state)
 
     name, config, d, device, shape, tok, run_dir, state = p.name, p.config, p.d, p.device, p.shape, p.tok, p.run_dir, p.state
     tcfg, mcfg, dcfg, scfg = config["train"], config["model"], config["data"], config["spike"]

@@ -81,6 +81,28 @@ def autocast(device: str, dtype: str):
     return contextlib.nullcontext()
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products natively (AMX or AVX512-BF16; Linux /proc/cpuinfo)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def compute_dtype(dtype: str, device: str) -> str:
+    """`auto` → bf16 autocast on GPUs with bf16 and on CPUs with native bf16 (measured 1.35x faster than fp32
+    on an AMX CPU, benchmarks/pretrain_speed.py), else float32. Explicit values are kept."""
+    if dtype != "auto":
+        return dtype
+    if device.startswith("cuda"):
+        import torch
+
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if device == "cpu" and cpu_has_native_bf16() else "float32"
+
+
 def seed_everything(seed: int) -> None:
     import numpy as np
     import torch

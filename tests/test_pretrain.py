@@ -360,7 +360,7 @@ def test_not_a_data_dir(cli, tmp_path):
 
 
 def test_auto_dtype_is_bf16_only_on_cpus_with_native_bf16(monkeypatch):
-    import llmctl.pretrain as pt
+    import llmctl.training as pt
 
     assert pt.compute_dtype("float32", "cpu") == "float32"
     assert pt.compute_dtype("bfloat16", "cpu") == "bfloat16"
