@@ -150,8 +150,9 @@ def merge_lora(adapter: str, name: str | None, config: dict, base: str | None = 
             # the registry's `bnb` format (as `llmctl quantize --backend bnb` writes it): the weights plus the
             # bitsandbytes config, applied when the model is loaded
             check_bnb_4bit("cpu")
-            bnb = {"load_in_4bit": True, "bnb_4bit_quant_type": config["requantize"],
-                   "bnb_4bit_use_double_quant": True, "bnb_4bit_compute_dtype": dtype}
+            from llmctl.quantize import bnb_config_dict
+
+            bnb = bnb_config_dict({"bnb": {"double_quant": True, "compute_dtype": dtype}}, config["requantize"])
             (tmp / "llmctl-entry.json").write_text(json.dumps({"format": "bnb", "bnb_config": bnb}))
             fmt = "bnb"
             meta.update(bits=4, bnb_config=bnb)
