@@ -142,6 +142,77 @@ def test_block_inputs_take_outputs_after_every_group_wrote():
     assert list(cache) == ["b0", "b1"]
 
 
+def test_quant_groups_split_columns_like_inc():
+    import torch
+    from neural_compressor.torch.algorithms.weight_only.utility import quant_tensor
+
+    from llmctl.quantize import quant_groups
+
+    assert quant_groups(576, 128) == [(0, 128), (128, 256), (256, 384), (384, 512), (512, 576)]
+    assert quant_groups(96, -1) == [(0, 96)] and quant_groups(48, 64) == [(0, 48)]
+    w = torch.randn(8, 96)
+    whole = quant_tensor(w.clone(), bits=4, group_size=64, scheme="sym")
+    parts = torch.cat([quant_tensor(w[:, a:b].clone(), bits=4, group_size=-1, scheme="sym")
+                       for a, b in quant_groups(96, 64)], dim=1)
+    assert torch.equal(whole, parts)
+
+
+def test_awq_clip_maxima_minimize_each_rows_output_error():
+    import torch
+    from neural_compressor.torch.algorithms.weight_only.utility import quant_tensor
+
+    from llmctl.quantize import AWQ_CLIP_GRID, awq_clip_maxima, quant_groups
+
+    torch.manual_seed(0)
+    w = torch.randn(16, 96)
+    w[:, 5] *= 8                                   # an outlier column: clipping it should pay off somewhere
+    x = torch.randn(200, 96) * torch.linspace(0.2, 2.0, 96)
+    quant = lambda t: quant_tensor(t, bits=4, group_size=64, scheme="sym")  # noqa: E731
+    maxima = awq_clip_maxima(w, x.T @ x, quant, 64)
+    spans = quant_groups(96, 64)
+    top = torch.stack([w[:, a:b].abs().amax(1) for a, b in spans], 1)
+    assert maxima.shape == (16, 2) and bool((maxima <= top).all()) and bool((maxima >= top * 0.5).all())
+
+    def row_errors(m):                             # output error per row and group, from the tokens themselves
+        clipped = torch.cat([w[:, a:b].clamp(-m[:, j:j + 1], m[:, j:j + 1]) for j, (a, b) in enumerate(spans)], 1)
+        d = w - quant(clipped.clone())
+        return torch.stack([(x[:, a:b] @ d[:, a:b].T).pow(2).sum(0) for a, b in spans], 1)
+
+    chosen = row_errors(maxima)
+    for step in range(AWQ_CLIP_GRID // 2):         # no candidate on the grid does better for any row and group
+        assert bool((chosen <= row_errors(top * (1 - step / AWQ_CLIP_GRID)) * (1 + 1e-4) + 1e-6).all())
+    assert chosen.sum() < row_errors(top).sum()
+
+
+def test_awq_clip_search_sees_the_scaled_inputs():
+    """After AWQ scales a layer by s (W·s, inputs x/s), the clip search must weigh errors by x/s, not x."""
+    import types
+
+    import torch
+    from neural_compressor.torch.algorithms.weight_only.awq import ActAwareWeightQuant
+    from neural_compressor.torch.algorithms.weight_only.utility import quant_tensor
+
+    from llmctl.quantize import awq_clip_fix, awq_clip_maxima
+
+    torch.manual_seed(0)
+    block = torch.nn.Module()
+    block.up_proj = torch.nn.Linear(64, 8, bias=False)
+    model = torch.nn.Module()
+    model.block = block
+    original = block.up_proj.weight.detach().clone()
+    x = torch.randn(2, 10, 64)
+    s = torch.linspace(0.25, 4.0, 64)
+    fake = types.SimpleNamespace(model=model, weight_config={}, bits=4, group_size=32, scheme="sym",
+                                 data_type="int", use_full_range=False, _llmctl_scales={("block.up_proj",): s})
+    with awq_clip_fix():
+        ActAwareWeightQuant.search_clip(fake, "block", [("block.up_proj",)], {"up_proj": {"input": [x]}})
+    xs = x.reshape(-1, 64) / s
+    m = awq_clip_maxima(original, xs.T @ xs, lambda t: quant_tensor(t, bits=4, group_size=32, scheme="sym"), 32)
+    expected = torch.cat([original[:, :32].clamp(-m[:, :1], m[:, :1]), original[:, 32:].clamp(-m[:, 1:], m[:, 1:])], 1)
+    assert torch.equal(block.up_proj.weight.detach(), expected)
+    assert fake.weight_config["block.up_proj"]["quantile"] == 1.0   # INC's final RTN adds no clip of its own
+
+
 def test_bad_bits_for_algo_lists_supported(cli, tiny_model):
     res = cli("quantize", "--model", "tiny", "--algo", "smoothquant", "--bits", "4", "--name", "x")
     assert res.exit_code == 1
