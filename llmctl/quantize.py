@@ -319,6 +319,15 @@ def quant_groups(cols: int, group_size: int) -> list[tuple[int, int]]:
     return [(b, min(b + g, cols)) for b in bounds]
 
 
+def clamp_groups(w, maxima, spans):
+    """w clamped to ±maxima[r, j] in row r and column group j (spans from quant_groups)."""
+    import torch
+
+    owner = torch.cat([torch.full((b - a,), j) for j, (a, b) in enumerate(spans)])  # group of each column
+    full = maxima[:, owner].to(w.dtype)
+    return torch.maximum(torch.minimum(w, full), -full)
+
+
 def awq_clip_maxima(weight, gram, quantize, group_size: int):
     """Per (row, group) clipping max of `weight` that minimizes the output error on calibration inputs.
 
@@ -334,14 +343,11 @@ def awq_clip_maxima(weight, gram, quantize, group_size: int):
 
     w = weight.float()
     spans = quant_groups(w.shape[1], group_size)
-    owner = torch.cat([torch.full((b - a,), j) for j, (a, b) in enumerate(spans)])  # group of each column
     top = torch.stack([w[:, a:b].abs().amax(dim=1) for a, b in spans], dim=1)      # [rows, groups]
     best, best_err = top.clone(), None
     for step in range(int(AWQ_CLIP_MAX_SHRINK * AWQ_CLIP_GRID)):
         m = top * (1 - step / AWQ_CLIP_GRID)
-        full = m[:, owner]
-        clipped = torch.maximum(torch.minimum(w, full), -full)
-        d = w - quantize(clipped.to(weight.dtype)).float()
+        d = w - quantize(clamp_groups(w, m, spans).to(weight.dtype)).float()
         err = torch.stack([((d[:, a:b] @ gram[a:b, a:b]) * d[:, a:b]).sum(dim=1) for a, b in spans], dim=1)
         if best_err is None:
             best_err = err
@@ -393,9 +399,7 @@ def awq_clip_fix():
                 maxima = awq_clip_maxima(w, gram, lambda t: quant_tensor(
                     t, bits=bits, group_size=group, scheme=scheme, dtype=c.get("dtype", self.data_type),
                     full_range=self.use_full_range), group)
-                for j, (a, b) in enumerate(quant_groups(w.shape[1], group)):
-                    m = maxima[:, j:j + 1].to(w.dtype)
-                    w[:, a:b] = torch.maximum(torch.minimum(w[:, a:b], m), -m)
+                w.copy_(clamp_groups(w, maxima, quant_groups(w.shape[1], group)))
                 key = name + ".linear" if isinstance(module, MulLinear) else name
                 self.weight_config[key] = {**self.weight_config.pop(name, {"bits": bits, "group_size": group,
                                                                              "scheme": scheme}), "quantile": 1.0}
