@@ -376,7 +376,7 @@ def awq_clip_fix():
 
     def apply_scale(self, scale_info):
         original_apply(self, scale_info)
-        self._llmctl_scales = {**getattr(self, "_llmctl_scales", {}), **scale_info}
+        self._llmctl_scales = scale_info    # this block's scales; its search_clip comes next
 
     @torch.no_grad()
     def search_clip(self, block_name, module_list, input_values):
