@@ -359,56 +359,84 @@ def awq_clip_maxima(weight, gram, quantize, group_size: int):
 
 
 @contextlib.contextmanager
-def awq_clip_fix():
-    """Patch INC's AWQ clip search: per row and group, on the inputs the scaled layers really see.
+def awq_fixes():
+    """Patch INC's AWQ to match the paper and AutoAWQ where INC 3.10 differs (measured in quantize_quality).
 
-    INC 3.10 searches one clip ratio per layer (1.0 down to 0.91) and measures it on the activations
-    captured *before* the AWQ scales were applied, while the weights already carry them: the error is
-    weighted by x·s instead of x/s. AutoAWQ divides the cached inputs by the scales and searches per
-    output row and group (down to 0.5). Measured on the default model (see benchmarks/quantize_quality.py).
+    - Clip search per output row and group, down to 0.5 of |w|max, on the inputs the scaled layers really see.
+      INC searches one ratio per layer (1.0 down to 0.91) on the activations captured *before* the scales
+      were applied, while the weights already carry them: the error is weighted by x·s instead of x/s.
+    - Linears that share no scale (o_proj under grouped-query attention) still get the clip search, as in
+      AutoAWQ; INC skips every layer outside its scale tuples.
     """
     import torch
-    from neural_compressor.torch.algorithms.weight_only.awq import ActAwareWeightQuant
+    import neural_compressor.torch.algorithms.weight_only.awq as inc_awq
     from neural_compressor.torch.algorithms.weight_only.modules import MulLinear
     from neural_compressor.torch.algorithms.weight_only.utility import fetch_module, quant_tensor
 
-    original_apply, original_clip = ActAwareWeightQuant.apply_scale, ActAwareWeightQuant.search_clip
+    cls = inc_awq.ActAwareWeightQuant
+    originals = (cls.search_scale, cls.apply_scale, cls.search_clip)
+
+    def search_scale(self, block, block_name, module_list, input_values):
+        # the block still sees its own inputs here: record what the linears outside every tuple get
+        tupled = {n for t in module_list for n in t}
+        self._llmctl_loose = {f"{block_name}.{rel}": [] for rel, m in block.named_modules()
+                              if isinstance(m, torch.nn.Linear) and f"{block_name}.{rel}" not in tupled
+                              and rel.rsplit(".", 1)[-1] not in AWQ_NO_CLIP}
+        hooks = [fetch_module(self.model, name).register_forward_pre_hook(
+            lambda _m, args, name=name: self._llmctl_loose[name].append(args[0].detach()))
+            for name in self._llmctl_loose]
+        try:
+            if hooks:
+                self.block_inference(block)
+        finally:
+            for h in hooks:
+                h.remove()
+        return originals[0](self, block, block_name, module_list, input_values)
 
     def apply_scale(self, scale_info):
-        original_apply(self, scale_info)
+        originals[1](self, scale_info)
         self._llmctl_scales = scale_info    # this block's scales; its search_clip comes next
+
+    def clip(self, name, gram):
+        c = self.weight_config.get(name, {})
+        bits, group, scheme = (c.get("bits", self.bits), c.get("group_size", self.group_size),
+                               c.get("scheme", self.scheme))
+        if bits < 0 or name.rsplit(".", 1)[-1] in AWQ_NO_CLIP:
+            return
+        module = fetch_module(self.model, name)
+        linear = module.linear if isinstance(module, MulLinear) else module
+        w = linear.weight.data
+        maxima = awq_clip_maxima(w, gram, lambda t: quant_tensor(
+            t, bits=bits, group_size=group, scheme=scheme, dtype=c.get("dtype", self.data_type),
+            full_range=self.use_full_range), group)
+        w.copy_(clamp_groups(w, maxima, quant_groups(w.shape[1], group)))
+        key = name + ".linear" if isinstance(module, MulLinear) else name
+        self.weight_config[key] = {**self.weight_config.pop(name, {"bits": bits, "group_size": group,
+                                                                     "scheme": scheme}), "quantile": 1.0}
+
+    def gram_of(inputs, scale=None):
+        x = torch.cat([t.reshape(-1, t.shape[-1]).float() for t in inputs])
+        if scale is not None:       # the scaled layers' inputs are x / s (norm or MulLinear absorbs 1/s)
+            x = x / scale.float().view(1, -1)
+        return x.T @ x
 
     @torch.no_grad()
     def search_clip(self, block_name, module_list, input_values):
         scales = getattr(self, "_llmctl_scales", {})
         for module_tuple in module_list:
-            x = torch.cat([t.reshape(-1, t.shape[-1]).float()
-                           for t in input_values[module_tuple[0].split(block_name + ".")[1]]["input"]])
-            if module_tuple in scales:      # the scaled layers' inputs are x / s (norm or MulLinear absorbs 1/s)
-                x = x / scales[module_tuple].float().view(1, -1)
-            gram = x.T @ x
+            gram = gram_of(input_values[module_tuple[0].split(block_name + ".")[1]]["input"],
+                           scales.get(module_tuple))
             for name in module_tuple:
-                c = self.weight_config.get(name, {})
-                bits, group, scheme = (c.get("bits", self.bits), c.get("group_size", self.group_size),
-                                       c.get("scheme", self.scheme))
-                if bits < 0 or name.rsplit(".", 1)[-1] in AWQ_NO_CLIP:
-                    continue
-                module = fetch_module(self.model, name)
-                linear = module.linear if isinstance(module, MulLinear) else module
-                w = linear.weight.data
-                maxima = awq_clip_maxima(w, gram, lambda t: quant_tensor(
-                    t, bits=bits, group_size=group, scheme=scheme, dtype=c.get("dtype", self.data_type),
-                    full_range=self.use_full_range), group)
-                w.copy_(clamp_groups(w, maxima, quant_groups(w.shape[1], group)))
-                key = name + ".linear" if isinstance(module, MulLinear) else name
-                self.weight_config[key] = {**self.weight_config.pop(name, {"bits": bits, "group_size": group,
-                                                                             "scheme": scheme}), "quantile": 1.0}
+                clip(self, name, gram)
+        for name, inputs in getattr(self, "_llmctl_loose", {}).items():
+            clip(self, name, gram_of(inputs))
+        self._llmctl_loose = {}
 
-    ActAwareWeightQuant.apply_scale, ActAwareWeightQuant.search_clip = apply_scale, search_clip
+    cls.search_scale, cls.apply_scale, cls.search_clip = search_scale, apply_scale, search_clip
     try:
         yield
     finally:
-        ActAwareWeightQuant.apply_scale, ActAwareWeightQuant.search_clip = original_apply, original_clip
+        cls.search_scale, cls.apply_scale, cls.search_clip = originals
 
 
 def inc_weight_only(model, algo: str, cfg: dict, windows: list):
@@ -431,7 +459,7 @@ def inc_weight_only(model, algo: str, cfg: dict, windows: list):
                 _teq_train_fn(windows, cfg["teq"]["steps"], cfg["teq"]["lr"])(q)
             return convert(q)
         _run_fn(windows)(q)
-        with awq_clip_fix():
+        with awq_fixes():
             return convert(q)
 
 

@@ -59,7 +59,7 @@ def tune(model: str, name: str, config: dict, command: str = "", force: bool = F
 
     from llmctl.calibration import held_out_perplexity, prepare_data
     from llmctl.profiles import save_config
-    from llmctl.quantize import (_run_fn, awq_clip_fix, dir_size_mb, gptq_block_inputs_fix, gptq_rtn_grid, inc_config, load_source,
+    from llmctl.quantize import (_run_fn, awq_fixes, dir_size_mb, gptq_block_inputs_fix, gptq_rtn_grid, inc_config, load_source,
                                  quiet_stdout, save_inc_woq, weights_size_mb)
     from llmctl.registry import ModelEntry, Registry
 
@@ -107,7 +107,7 @@ def tune(model: str, name: str, config: dict, command: str = "", force: bool = F
     tol = 1 - 1 / (1 + max_loss)
     started = time.perf_counter()
     torch.manual_seed(c["seed"])
-    with quiet_stdout(), gptq_rtn_grid(config["gptq"]["rtn_grid"]), gptq_block_inputs_fix(), awq_clip_fix():
+    with quiet_stdout(), gptq_rtn_grid(config["gptq"]["rtn_grid"]), gptq_block_inputs_fix(), awq_fixes():
         best = autotune(loaded.model, TuningConfig(config_set=inc_cfgs, tolerable_loss=tol, max_trials=max_trials),
                         eval_fn=eval_fn, run_fn=_run_fn(data.windows), example_inputs=data.windows[0])
     seconds = round(time.perf_counter() - started, 1)

@@ -192,7 +192,7 @@ def test_awq_clip_search_sees_the_scaled_inputs():
     from neural_compressor.torch.algorithms.weight_only.awq import ActAwareWeightQuant
     from neural_compressor.torch.algorithms.weight_only.utility import quant_tensor
 
-    from llmctl.quantize import awq_clip_fix, awq_clip_maxima
+    from llmctl.quantize import awq_fixes, awq_clip_maxima
 
     torch.manual_seed(0)
     block = torch.nn.Module()
@@ -204,7 +204,7 @@ def test_awq_clip_search_sees_the_scaled_inputs():
     s = torch.linspace(0.25, 4.0, 64)
     fake = types.SimpleNamespace(model=model, weight_config={}, bits=4, group_size=32, scheme="sym",
                                  data_type="int", use_full_range=False, _llmctl_scales={("block.up_proj",): s})
-    with awq_clip_fix():
+    with awq_fixes():
         ActAwareWeightQuant.search_clip(fake, "block", [("block.up_proj",)], {"up_proj": {"input": [x]}})
     xs = x.reshape(-1, 64) / s
     m = awq_clip_maxima(original, xs.T @ xs, lambda t: quant_tensor(t, bits=4, group_size=32, scheme="sym"), 32)
@@ -420,3 +420,34 @@ def test_autoround_roundtrip(cli, tiny_model, calib_file):
     assert "QuantLinear" in type(loaded.model.model.layers[0].mlp.down_proj).__name__
     gen = cli("generate", "--model", "ar", "--prompt", "Hello", "--max-new-tokens", "3", "--json")
     assert gen.exit_code == 0, gen.stderr
+
+
+def test_awq_clips_linears_outside_every_scale_tuple():
+    """A linear no scale is searched for (o_proj under GQA) still gets the clip search, on its own inputs."""
+    import types
+
+    import torch
+    from neural_compressor.torch.algorithms.weight_only.awq import ActAwareWeightQuant
+    from neural_compressor.torch.algorithms.weight_only.utility import quant_tensor
+
+    from llmctl.quantize import awq_clip_maxima, awq_fixes, clamp_groups, quant_groups
+
+    torch.manual_seed(0)
+    block = torch.nn.Module()
+    block.v_proj, block.o_proj = torch.nn.Linear(32, 32, bias=False), torch.nn.Linear(32, 8, bias=False)
+    model = torch.nn.Module()
+    model.block = block
+    x = torch.randn(2, 10, 32)
+    o_inputs = block.v_proj(x).detach().reshape(-1, 32)
+    original = block.o_proj.weight.detach().clone()
+    fake = types.SimpleNamespace(model=model, weight_config={}, bits=4, group_size=16, scheme="sym",
+                                 data_type="int", use_full_range=False,
+                                 block_inference=lambda b: [b.o_proj(b.v_proj(x))])
+    with awq_fixes():       # no scale tuples at all: both linears are "loose"
+        assert ActAwareWeightQuant.search_scale(fake, block, "block", [], {}) == {}
+        ActAwareWeightQuant.search_clip(fake, "block", [], {})
+    m = awq_clip_maxima(original, o_inputs.T @ o_inputs,
+                        lambda t: quant_tensor(t, bits=4, group_size=16, scheme="sym"), 16)
+    assert torch.equal(block.o_proj.weight.detach(), clamp_groups(original, m, quant_groups(32, 16)))
+    assert not torch.equal(block.o_proj.weight.detach(), original)
+    assert fake.weight_config["block.o_proj"]["quantile"] == 1.0 == fake.weight_config["block.v_proj"]["quantile"]
