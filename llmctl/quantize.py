@@ -359,7 +359,7 @@ def awq_clip_maxima(weight, gram, quantize, group_size: int):
 
 
 @contextlib.contextmanager
-def awq_fixes():
+def awq_fixes(progress: Callable[[str], None] | None = None):
     """Patch INC's AWQ to match the paper and AutoAWQ where INC 3.10 differs (measured in quantize_quality).
 
     - Clip search per output row and group, down to 0.5 of |w|max, on the inputs the scaled layers really see.
@@ -367,6 +367,9 @@ def awq_fixes():
       were applied, while the weights already carry them: the error is weighted by x·s instead of x/s.
     - Linears that share no scale (o_proj under grouped-query attention) still get the clip search, as in
       AutoAWQ; INC skips every layer outside its scale tuples.
+
+    progress, when given, hears "AWQ block i/n" as each decoder block starts (the whole search takes about
+    30 min on the default model on 2 CPU cores).
     """
     import torch
     import neural_compressor.torch.algorithms.weight_only.awq as inc_awq
@@ -377,6 +380,8 @@ def awq_fixes():
     originals = (cls.search_scale, cls.apply_scale, cls.search_clip)
 
     def search_scale(self, block, block_name, module_list, input_values):
+        if progress:
+            progress(f"AWQ block {int(block_name.rsplit('.', 1)[-1]) + 1}/{self.block_num}")
         # the block still sees its own inputs here: record what the linears outside every tuple get
         tupled = {n for t in module_list for n in t}
         self._llmctl_loose = {f"{block_name}.{rel}": [] for rel, m in block.named_modules()
@@ -439,7 +444,8 @@ def awq_fixes():
         cls.search_scale, cls.apply_scale, cls.search_clip = originals
 
 
-def inc_weight_only(model, algo: str, cfg: dict, windows: list):
+def inc_weight_only(model, algo: str, cfg: dict, windows: list,
+                    progress: Callable[[str], None] | None = None):
     """Quantize model in place with INC's prepare/convert; returns the quantized model."""
     import torch
     from neural_compressor.torch.quantization import convert, prepare
@@ -459,7 +465,7 @@ def inc_weight_only(model, algo: str, cfg: dict, windows: list):
                 _teq_train_fn(windows, cfg["teq"]["steps"], cfg["teq"]["lr"])(q)
             return convert(q)
         _run_fn(windows)(q)
-        with awq_fixes():
+        with awq_fixes(progress):
             return convert(q)
 
 
@@ -697,12 +703,13 @@ def weights_size_mb(path: Path) -> float:
     return round(total / 2**20, 2)
 
 
-def quantize_in_memory(loaded, algo: str, cfg: dict, windows: list):
+def quantize_in_memory(loaded, algo: str, cfg: dict, windows: list,
+                       progress: Callable[[str], None] | None = None):
     """Quantize a loaded fp32 model (inc and int8 backends); returns (model, facts)."""
     facts: dict = {}
     model = loaded.model
     if algo in SUPPORTED["inc"] and algo not in ("smoothquant", "dynamic-int8"):
-        return inc_weight_only(model, algo, cfg, windows), facts
+        return inc_weight_only(model, algo, cfg, windows, progress), facts
     if algo == "smoothquant":
         facts.update(smooth_llama(model, windows, cfg["smoothquant"]["alpha"]))
     return dynamic_int8(model), facts
@@ -755,7 +762,7 @@ def quantize(model: str, name: str, config: dict, command: str = "", force: bool
     with registry.new_model_dir(name, force=force) as tmp:
         if backend == "inc":
             say(f"quantizing with {algo} ({bits}-bit)")
-            qmodel, facts = quantize_in_memory(loaded, algo, config, data.windows)
+            qmodel, facts = quantize_in_memory(loaded, algo, config, data.windows, say)
             seconds = time.perf_counter() - started
             ppl_after = None
             if data.eval_text:

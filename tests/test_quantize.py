@@ -451,3 +451,19 @@ def test_awq_clips_linears_outside_every_scale_tuple():
     assert torch.equal(block.o_proj.weight.detach(), clamp_groups(original, m, quant_groups(32, 16)))
     assert not torch.equal(block.o_proj.weight.detach(), original)
     assert fake.weight_config["block.o_proj"]["quantile"] == 1.0 == fake.weight_config["block.v_proj"]["quantile"]
+
+
+def test_awq_reports_each_block(tiny_llama_dir):
+    """AWQ runs for minutes on a real model: quantize's progress hears every decoder block."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from llmctl.profiles import resolve_config
+    from llmctl.quantize import inc_weight_only
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, torch_dtype=torch.float32).eval()
+    cfg = resolve_config("quantize", None, ["algo=awq", "bits=4", "group_size=32"], {})
+    heard: list[str] = []
+    torch.manual_seed(0)
+    inc_weight_only(model, "awq", cfg, [torch.randint(0, 50, (1, 16)) for _ in range(2)], heard.append)
+    assert heard == ["AWQ block 1/2", "AWQ block 2/2"]
