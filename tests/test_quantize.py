@@ -423,7 +423,7 @@ def test_autoround_roundtrip(cli, tiny_model, calib_file):
 
 
 def test_awq_clips_linears_outside_every_scale_tuple():
-    """A linear no scale is searched for (o_proj under GQA) still gets the clip search, on its own inputs."""
+    """A linear no scale is searched for (o_proj under GQA) still gets the clip search, on its own inputs; q too."""
     import types
 
     import torch
@@ -434,15 +434,15 @@ def test_awq_clips_linears_outside_every_scale_tuple():
 
     torch.manual_seed(0)
     block = torch.nn.Module()
-    block.v_proj, block.o_proj = torch.nn.Linear(32, 32, bias=False), torch.nn.Linear(32, 8, bias=False)
+    block.q_proj, block.o_proj = torch.nn.Linear(32, 32, bias=False), torch.nn.Linear(32, 8, bias=False)
     model = torch.nn.Module()
     model.block = block
     x = torch.randn(2, 10, 32)
-    o_inputs = block.v_proj(x).detach().reshape(-1, 32)
+    o_inputs = block.q_proj(x).detach().reshape(-1, 32)
     original = block.o_proj.weight.detach().clone()
     fake = types.SimpleNamespace(model=model, weight_config={}, bits=4, group_size=16, scheme="sym",
                                  data_type="int", use_full_range=False,
-                                 block_inference=lambda b: [b.o_proj(b.v_proj(x))])
+                                 block_inference=lambda b: [b.o_proj(b.q_proj(x))])
     with awq_fixes():       # no scale tuples at all: both linears are "loose"
         assert ActAwareWeightQuant.search_scale(fake, block, "block", [], {}) == {}
         ActAwareWeightQuant.search_clip(fake, "block", [], {})
@@ -450,7 +450,7 @@ def test_awq_clips_linears_outside_every_scale_tuple():
                         lambda t: quant_tensor(t, bits=4, group_size=16, scheme="sym"), 16)
     assert torch.equal(block.o_proj.weight.detach(), clamp_groups(original, m, quant_groups(32, 16)))
     assert not torch.equal(block.o_proj.weight.detach(), original)
-    assert fake.weight_config["block.o_proj"]["quantile"] == 1.0 == fake.weight_config["block.v_proj"]["quantile"]
+    assert fake.weight_config["block.o_proj"]["quantile"] == 1.0 == fake.weight_config["block.q_proj"]["quantile"]
 
 
 def test_awq_reports_each_block(tiny_llama_dir):
