@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.llmctl-installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo lint test bench bench-quick clean
 
 setup: $(STAMP)
 
@@ -21,8 +21,50 @@ $(STAMP): pyproject.toml
 demo: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash demo/run.sh
 
-test: setup
+# ruff (pinned in the `test` extra) checks and format-checks everything; `make test` runs it first, so CI does.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
 	$(BIN)/python -m pytest -q
 
-clean:
-	rm -rf $(VENV) demo-out .pytest_cache
+# Benchmarks: every benchmarks/*.py (or BENCH="generate eval_speed"), one after another, JSON result in
+# bench-out/NAME.json and the log in bench-out/NAME.log. `make bench` runs the full settings behind the README's
+# numbers (hours on a CPU; give it an idle machine); `make bench-quick` runs small settings only to check that
+# each script still works (its numbers mean nothing).
+BENCH ?= $(sort $(basename $(notdir $(filter-out benchmarks/_%,$(wildcard benchmarks/*.py)))))
+QUICK_align_quality    := --rm-steps 2 --rm-batch 2 --ppo-steps 1 --grpo-steps 1 --math-steps 1 --pref-steps 1 \
+                          --heldout 6 --eval-prompts 2 --math-heldout 4 --math-train 8 --max-new-tokens 6 --seq-len 128 \
+                          --rollout-batch 2 --num-generations 2 --prompts-per-step 2
+QUICK_eval_default     := --hellaswag-limit 20 --arc-limit 20 --ppl-max-tokens 4096 --seqlen 512 --stride 512
+QUICK_eval_speed       := --limit 20
+QUICK_export           := --types q8_0 --prompts 3 --new-tokens 8 --eval-tokens 1024 --gptq-calib 2 --ct-algo rtn --speed-tokens 8
+QUICK_finetune_quality := --steps 4 --batch-size 2 --seq-len 128 --heldout 20
+QUICK_finetune_speed   := --examples 32 --steps 3 --max-len 128
+QUICK_generate         := --new-tokens 8 --batch-sizes 1 --repeats 1
+QUICK_long_context     := --lengths 256,512 --depths 0.5 --factor 2 --pretrain-steps 4 --buckets 128,256,512 --extend-steps 2 --extend-batch 1
+QUICK_pretrain_quality := --minutes 0.2 --probe-steps 2
+QUICK_pretrain_speed   := --rounds 1 --steps 3
+QUICK_prune_quality    := --eval-tokens 1024 --calib-samples 4 --calib-seqlen 128 --only magnitude-50
+QUICK_quantize_quality := --eval-tokens 1024 --calib-samples 4 --calib-seqlen 128 --only rtn
+QUICK_quantized_speed  := --formats fp32,ct-rtn4,inc-rtn4 --new-tokens 8 --repeats 1
+QUICK_serve            := --backends hf --levels 1,4 --requests 4 --new-tokens 8 --conc-tokens 8 --repeats 1 \
+                          --load-requests 120 --no-llama-server
+QUICK_tokenize_speed   := --repeat 1 --runs 1 --workers 1
+
+bench: $(addprefix bench-full-,$(BENCH))
+bench-quick: $(addprefix bench-quick-,$(BENCH))
+
+# $(1): extra arguments of the script
+define run_bench
+	@mkdir -p bench-out
+	$(BIN)/python benchmarks/$*.py $(1) >bench-out/$*.json 2>bench-out/$*.log || { tail -5 bench-out/$*.log; exit 1; }
+	@echo "bench-out/$*.json"
+endef
+
+bench-full-%: setup
+	$(call run_bench,)
+
+bench-quick-%: setup
+	$(call run_bench,$(QUICK_$*))

@@ -13,8 +13,9 @@ import tempfile
 from pathlib import Path
 
 
-def heldout_sets(model: str, data: str, eval_tokens: int, seqlen: int, calib_samples: int, calib_seqlen: int,
-                 prefix: str) -> list[str]:
+def heldout_sets(
+    model: str, data: str, eval_tokens: int, seqlen: int, calib_samples: int, calib_seqlen: int, prefix: str
+) -> list[str]:
     from llmctl.calibration import encode
     from llmctl.loading import load_tokenizer
     from llmctl.perplexity import read_text
@@ -26,5 +27,11 @@ def heldout_sets(model: str, data: str, eval_tokens: int, seqlen: int, calib_sam
     eval_file, calib_file = work / "eval.txt", work / "calib.txt"
     eval_file.write_text(tok.decode(ids[:eval_tokens]), encoding="utf-8")
     calib_file.write_text(tok.decode(ids[eval_tokens:]), encoding="utf-8")
-    return [f"calib.data={calib_file}", f"calib.samples={calib_samples}", f"calib.seqlen={calib_seqlen}",
-            f"eval.data={eval_file}", f"eval.tokens={eval_tokens}", f"eval.seqlen={seqlen}"]
+    return [
+        f"calib.data={calib_file}",
+        f"calib.samples={calib_samples}",
+        f"calib.seqlen={calib_seqlen}",
+        f"eval.data={eval_file}",
+        f"eval.tokens={eval_tokens}",
+        f"eval.seqlen={seqlen}",
+    ]

@@ -42,22 +42,40 @@ def main() -> None:
     t0 = time.perf_counter()
     loaded = load_model(args.model, dtype="float32", device="cpu")
     load_s = time.perf_counter() - t0
-    report = {"model": args.model, "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
-              "batch_size": args.batch_size, "load_seconds": round(load_s, 2), "tasks": {}}
+    report = {
+        "model": args.model,
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "batch_size": args.batch_size,
+        "load_seconds": round(load_s, 2),
+        "tasks": {},
+    }
     runs = [("hellaswag", args.hellaswag_limit), ("arc_challenge", args.arc_limit)]
     if args.with_wikitext:
         runs.append(("wikitext", None))
     runs.append(("perplexity", None))
     for task, limit in runs:
-        config = resolve_config("eval", explicit={
-            "data_dir": args.data_dir, "limit": limit, "batch_size": args.batch_size, "dtype": "float32",
-            "device": "cpu", "perplexity.seqlen": args.seqlen, "perplexity.stride": args.stride,
-            "perplexity.max_tokens": args.ppl_max_tokens})
+        config = resolve_config(
+            "eval",
+            explicit={
+                "data_dir": args.data_dir,
+                "limit": limit,
+                "batch_size": args.batch_size,
+                "dtype": "float32",
+                "device": "cpu",
+                "perplexity.seqlen": args.seqlen,
+                "perplexity.stride": args.stride,
+                "perplexity.max_tokens": args.ppl_max_tokens,
+            },
+        )
         started = time.perf_counter()
         result = run_eval(args.model, [task], config, loaded=loaded, attach=False)
         seconds = time.perf_counter() - started
-        entry = {"seconds": round(seconds, 1), "metrics": result.metrics,
-                 "n": (result.results.get("n-samples", {}).get(task) or {}).get("effective")}
+        entry = {
+            "seconds": round(seconds, 1),
+            "metrics": result.metrics,
+            "n": (result.results.get("n-samples", {}).get(task) or {}).get("effective"),
+        }
         if task == "perplexity":
             entry["settings"] = {k: v for k, v in result.results["configs"]["perplexity"].items() if k != "task"}
         else:

@@ -59,28 +59,40 @@ def main() -> None:
         hf_tok.pad_token = hf_tok.eos_token
     hf_tok.padding_side = "left"
 
-    results = {"model": args.model, "new_tokens": args.new_tokens, "threads": torch.get_num_threads(),
-               "load_seconds": {"llmctl": round(llmctl_load_s, 3), "transformers": round(hf_load_s, 3)}}
+    results = {
+        "model": args.model,
+        "new_tokens": args.new_tokens,
+        "threads": torch.get_num_threads(),
+        "load_seconds": {"llmctl": round(llmctl_load_s, 3), "transformers": round(hf_load_s, 3)},
+    }
     for bs in [int(b) for b in args.batch_sizes.split(",")]:
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(bs)]
-        config = resolve_config("generate", explicit={"max_new_tokens": args.new_tokens, "batch_size": bs,
-                                                      "device": "cpu", "dtype": "float32"})
+        config = resolve_config(
+            "generate",
+            explicit={"max_new_tokens": args.new_tokens, "batch_size": bs, "device": "cpu", "dtype": "float32"},
+        )
         best = {"llmctl": 0.0, "transformers": 0.0}
         same = True
         for _ in range(args.repeats):
             res = generate(args.model, [{"id": i, "prompt": p} for i, p in enumerate(prompts)], config, loaded=loaded)
             best["llmctl"] = max(best["llmctl"], res.stats["tokens_per_s"])
 
-            texts = [hf_tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                                tokenize=False) for p in prompts]
+            texts = [
+                hf_tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+                for p in prompts
+            ]
             enc = hf_tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
             t0 = time.perf_counter()
             with torch.inference_mode():
-                out = hf_model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                                        max_new_tokens=args.new_tokens, do_sample=False,
-                                        pad_token_id=hf_tok.pad_token_id)
+                out = hf_model.generate(
+                    input_ids=enc["input_ids"],
+                    attention_mask=enc["attention_mask"],
+                    max_new_tokens=args.new_tokens,
+                    do_sample=False,
+                    pad_token_id=hf_tok.pad_token_id,
+                )
             secs = time.perf_counter() - t0
-            new = out[:, enc["input_ids"].shape[1]:]
+            new = out[:, enc["input_ids"].shape[1] :]
             eos = hf_model.generation_config.eos_token_id
             count = 0
             for row in new.tolist():
@@ -88,10 +100,12 @@ def main() -> None:
             best["transformers"] = max(best["transformers"], count / secs)
             hf_texts = [hf_tok.decode(r, skip_special_tokens=True) for r in new]
             same = same and sorted(hf_texts) == sorted(r["output"] for r in res.items)
-        results[f"batch_{bs}"] = {"llmctl_tokens_per_s": round(best["llmctl"], 2),
-                                  "transformers_tokens_per_s": round(best["transformers"], 2),
-                                  "ratio": round(best["llmctl"] / best["transformers"], 3),
-                                  "same_outputs": same}
+        results[f"batch_{bs}"] = {
+            "llmctl_tokens_per_s": round(best["llmctl"], 2),
+            "transformers_tokens_per_s": round(best["transformers"], 2),
+            "ratio": round(best["llmctl"] / best["transformers"], 3),
+            "same_outputs": same,
+        }
     ratios = [v["ratio"] for k, v in results.items() if k.startswith("batch_")]
     results["min_ratio"] = min(ratios)
     results["goal"] = "min_ratio >= 0.95"

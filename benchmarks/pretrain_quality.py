@@ -49,19 +49,60 @@ def main() -> None:
     data = home / "data" / "shakespeare"
     t0 = time.perf_counter()
     if not (data / "index.json").is_file():
-        llmctl("tokenize", "train", "--input", str(TEXT), "--type", "bpe", "--vocab-size", "4096",
-               "--name", "shakespeare-bpe", "--force", env=env)
-        llmctl("tokenize", "encode", "--tokenizer", "shakespeare-bpe", "--input", str(TEXT), "--output", str(data),
-               "--name", "shakespeare-data", "--val-fraction", "0.1", "--force", env=env)
+        llmctl(
+            "tokenize",
+            "train",
+            "--input",
+            str(TEXT),
+            "--type",
+            "bpe",
+            "--vocab-size",
+            "4096",
+            "--name",
+            "shakespeare-bpe",
+            "--force",
+            env=env,
+        )
+        llmctl(
+            "tokenize",
+            "encode",
+            "--tokenizer",
+            "shakespeare-bpe",
+            "--input",
+            str(TEXT),
+            "--output",
+            str(data),
+            "--name",
+            "shakespeare-data",
+            "--val-fraction",
+            "0.1",
+            "--force",
+            env=env,
+        )
     tokenize_s = time.perf_counter() - t0
     index = json.loads((data / "index.json").read_text())
 
     extra = [x for s in args.set for x in ("--set", s)] + (["--dtype", args.dtype] if args.dtype else [])
     common = ["pretrain", "--profile", "shakespeare-tiny", "--data", str(data), "--json", "--force", *extra]
     # speed probe: a few steps, no eval, no checkpoints in between
-    probe = json.loads(llmctl(*common, "--name", "ptq-probe", "--max-steps", str(args.probe_steps),
-                              "--eval-every", "0", "--set", "train.log_every=1", "--save-every", "0", "--set", "data.final_eval_tokens=0",
-                              env=env))
+    probe = json.loads(
+        llmctl(
+            *common,
+            "--name",
+            "ptq-probe",
+            "--max-steps",
+            str(args.probe_steps),
+            "--eval-every",
+            "0",
+            "--set",
+            "train.log_every=1",
+            "--save-every",
+            "0",
+            "--set",
+            "data.final_eval_tokens=0",
+            env=env,
+        )
+    )
     rows = [json.loads(x) for x in (Path(probe["run_dir"]) / "metrics.jsonl").read_text().splitlines() if x.strip()]
     step_tps = sorted(r["tokens_per_s"] for r in rows[1:] if "tokens_per_s" in r)  # the first step is warm-up
     tps = step_tps[len(step_tps) // 2] if step_tps else probe["tokens_per_s"]
@@ -72,22 +113,52 @@ def main() -> None:
 
     warmup = min(resolve_config("pretrain", "shakespeare-tiny", [], {})["train"]["warmup_steps"], max(1, steps // 10))
     t1 = time.perf_counter()
-    result = json.loads(llmctl(*common, "--name", "shakespeare-tiny-bench", "--max-steps", str(steps),
-                               "--set", f"train.warmup_steps={warmup}", env=env))
+    result = json.loads(
+        llmctl(
+            *common,
+            "--name",
+            "shakespeare-tiny-bench",
+            "--max-steps",
+            str(steps),
+            "--set",
+            f"train.warmup_steps={warmup}",
+            env=env,
+        )
+    )
     wall = time.perf_counter() - t1
     final = result["final"]
-    print(json.dumps({
-        "benchmark": "pretrain_quality", "profile": "shakespeare-tiny", "params": result["params"],
-        "tokenizer": "llmctl tokenize train --type bpe --vocab-size 4096",
-        "train_tokens_in_data": index["splits"]["train"]["tokens"], "val_tokens": index["splits"]["val"]["tokens"],
-        "budget_minutes": args.minutes, "probe_tokens_per_s": tps, "steps": result["steps"],
-        "tokens_trained": result["tokens_trained"], "train_seconds": result["seconds"], "wall_seconds": round(wall, 1),
-        "tokens_per_s": result["tokens_per_s"], "val_loss": final.get("val_loss"), "val_ppl": final.get("val_ppl"),
-        "val_bpb": final.get("val_bpb"), "val_tokens_scored": final.get("val_tokens_scored"),
-        "bytes_per_token": result["bytes_per_token"], "bytes_per_token_source": result["bytes_per_token_source"],
-        "goal_val_bpb": 2.5, "meets_goal": final.get("val_bpb") is not None and final["val_bpb"] <= 2.5,
-        "warmup_steps": warmup, "tokenize_seconds": round(tokenize_s, 1), "extra_args": extra, "home": str(home),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "pretrain_quality",
+                "profile": "shakespeare-tiny",
+                "params": result["params"],
+                "tokenizer": "llmctl tokenize train --type bpe --vocab-size 4096",
+                "train_tokens_in_data": index["splits"]["train"]["tokens"],
+                "val_tokens": index["splits"]["val"]["tokens"],
+                "budget_minutes": args.minutes,
+                "probe_tokens_per_s": tps,
+                "steps": result["steps"],
+                "tokens_trained": result["tokens_trained"],
+                "train_seconds": result["seconds"],
+                "wall_seconds": round(wall, 1),
+                "tokens_per_s": result["tokens_per_s"],
+                "val_loss": final.get("val_loss"),
+                "val_ppl": final.get("val_ppl"),
+                "val_bpb": final.get("val_bpb"),
+                "val_tokens_scored": final.get("val_tokens_scored"),
+                "bytes_per_token": result["bytes_per_token"],
+                "bytes_per_token_source": result["bytes_per_token_source"],
+                "goal_val_bpb": 2.5,
+                "meets_goal": final.get("val_bpb") is not None and final["val_bpb"] <= 2.5,
+                "warmup_steps": warmup,
+                "tokenize_seconds": round(tokenize_s, 1),
+                "extra_args": extra,
+                "home": str(home),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

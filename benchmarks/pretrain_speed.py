@@ -2,7 +2,8 @@
 
 Both sides train the shakespeare-tiny LLaMA (5.4M parameters with a 4k vocabulary) on the same token data
 with the same batch (16 x 256) for the same number of steps, in separate processes started together each
-round (one per side, threads split between them) so load changes on a shared machine hit all sides alike. Tokens/s per side is the median over timed steps (the first
+round (one per side, threads split between them) so load changes on a shared machine hit all sides alike.
+Tokens/s per side is the median over timed steps (the first
 steps of each run are warm-up and skipped). The baseline is what one writes with transformers alone:
 `LlamaForCausalLM(config)(input_ids, labels=input_ids).loss`, `torch.optim.AdamW`, a cosine schedule,
 clipping, fp32. llmctl runs with its profile's defaults, once per `--dtypes` value (default: auto = bf16
@@ -44,17 +45,69 @@ def run(cmd: list[str], env: dict) -> str:
 def make_data(home: Path, env: dict) -> Path:
     data = home / "data" / "shakespeare"
     if not (data / "index.json").is_file():
-        run([LLMCTL, "tokenize", "train", "--input", str(TEXT), "--type", "bpe", "--vocab-size", "4096",
-             "--name", "shakespeare-bpe", "--force"], env)
-        run([LLMCTL, "tokenize", "encode", "--tokenizer", "shakespeare-bpe", "--input", str(TEXT), "--output",
-             str(data), "--val-fraction", "0.1", "--force"], env)
+        run(
+            [
+                LLMCTL,
+                "tokenize",
+                "train",
+                "--input",
+                str(TEXT),
+                "--type",
+                "bpe",
+                "--vocab-size",
+                "4096",
+                "--name",
+                "shakespeare-bpe",
+                "--force",
+            ],
+            env,
+        )
+        run(
+            [
+                LLMCTL,
+                "tokenize",
+                "encode",
+                "--tokenizer",
+                "shakespeare-bpe",
+                "--input",
+                str(TEXT),
+                "--output",
+                str(data),
+                "--val-fraction",
+                "0.1",
+                "--force",
+            ],
+            env,
+        )
     return data
 
 
 def llmctl_cmd(data: Path, steps: int, name: str, dtype: str, extra: list[str]) -> list[str]:
-    return [LLMCTL, "pretrain", "--profile", "shakespeare-tiny", "--data", str(data), "--name", name, "--force",
-            "--max-steps", str(steps), "--eval-every", "0", "--save-every", "0", "--dtype", dtype,
-            "--set", "train.log_every=1", "--set", "data.final_eval_tokens=0", "--json", *extra]
+    return [
+        LLMCTL,
+        "pretrain",
+        "--profile",
+        "shakespeare-tiny",
+        "--data",
+        str(data),
+        "--name",
+        name,
+        "--force",
+        "--max-steps",
+        str(steps),
+        "--eval-every",
+        "0",
+        "--save-every",
+        "0",
+        "--dtype",
+        dtype,
+        "--set",
+        "train.log_every=1",
+        "--set",
+        "data.final_eval_tokens=0",
+        "--json",
+        *extra,
+    ]
 
 
 def llmctl_result(stdout: str) -> dict:
@@ -89,12 +142,22 @@ def baseline_side(data: Path, steps: int, config: dict) -> dict:
     tokens = TokenData(data).tokens("train")
     vocab = int(np.ceil(TokenData(data).tokenizer["vocab_size"] / 64) * 64)
     torch.manual_seed(t["seed"])
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=vocab, hidden_size=m["hidden_size"], intermediate_size=m["intermediate_size"],
-        num_hidden_layers=m["num_layers"], num_attention_heads=m["num_heads"], num_key_value_heads=m["num_kv_heads"],
-        max_position_embeddings=m["max_position_embeddings"], rope_theta=m["rope_theta"],
-        tie_word_embeddings=m["tie_embeddings"]))
-    opt = torch.optim.AdamW(model.parameters(), lr=t["lr"], betas=(t["beta1"], t["beta2"]), weight_decay=t["weight_decay"])
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=m["hidden_size"],
+            intermediate_size=m["intermediate_size"],
+            num_hidden_layers=m["num_layers"],
+            num_attention_heads=m["num_heads"],
+            num_key_value_heads=m["num_kv_heads"],
+            max_position_embeddings=m["max_position_embeddings"],
+            rope_theta=m["rope_theta"],
+            tie_word_embeddings=m["tie_embeddings"],
+        )
+    )
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=t["lr"], betas=(t["beta1"], t["beta2"]), weight_decay=t["weight_decay"]
+    )
     sched = get_cosine_schedule_with_warmup(opt, t["warmup_steps"], steps)
     rng = np.random.default_rng(t["seed"])
     bsz, seq = t["batch_size"], t["seq_len"]
@@ -103,7 +166,7 @@ def baseline_side(data: Path, steps: int, config: dict) -> dict:
     for _ in range(steps):
         t0 = time.perf_counter()
         offs = rng.integers(0, len(tokens) - seq - 1, size=bsz)
-        x = torch.from_numpy(np.stack([tokens[o:o + seq] for o in offs]).astype(np.int64))
+        x = torch.from_numpy(np.stack([tokens[o : o + seq] for o in offs]).astype(np.int64))
         loss = model(input_ids=x, labels=x).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"])
@@ -112,8 +175,11 @@ def baseline_side(data: Path, steps: int, config: dict) -> dict:
         opt.zero_grad()
         loss = loss.item()
         tps.append(bsz * seq / (time.perf_counter() - t0))
-    return {"tokens_per_s": statistics.median(tps[SKIP:]), "params": sum(p.numel() for p in model.parameters()),
-            "final_loss": loss}
+    return {
+        "tokens_per_s": statistics.median(tps[SKIP:]),
+        "params": sum(p.numel() for p in model.parameters()),
+        "final_loss": loss,
+    }
 
 
 def main() -> None:
@@ -151,14 +217,22 @@ def main() -> None:
         base.append(json.loads(outs[-1]))
     b = statistics.median(r["tokens_per_s"] for r in base)
     report = {
-        "benchmark": "pretrain_speed", "device": "cpu", "threads_per_process": threads,
+        "benchmark": "pretrain_speed",
+        "device": "cpu",
+        "threads_per_process": threads,
         "method": f"{len(dtypes) + 1} processes started together per round (same load on each)",
-        "model": "shakespeare-tiny LLaMA", "params": base[0]["params"],
-        "batch": f"{config['train']['batch_size']}x{config['train']['seq_len']}", "steps_per_run": args.steps,
-        "timed_steps_per_run": args.steps - SKIP, "rounds": args.rounds, "llmctl_extra_args": extra,
+        "model": "shakespeare-tiny LLaMA",
+        "params": base[0]["params"],
+        "batch": f"{config['train']['batch_size']}x{config['train']['seq_len']}",
+        "steps_per_run": args.steps,
+        "timed_steps_per_run": args.steps - SKIP,
+        "rounds": args.rounds,
+        "llmctl_extra_args": extra,
         "baseline": "HF LlamaForCausalLM(labels=...) + torch.optim.AdamW + cosine schedule, fp32",
-        "baseline_tokens_per_s": round(b, 1), "baseline_runs": [round(r["tokens_per_s"], 1) for r in base],
-        "final_loss_baseline": base[-1]["final_loss"], "goal_ratio": 1.3,
+        "baseline_tokens_per_s": round(b, 1),
+        "baseline_runs": [round(r["tokens_per_s"], 1) for r in base],
+        "final_loss_baseline": base[-1]["final_loss"],
+        "goal_ratio": 1.3,
         "gpu": "not measured: no GPU on this machine",
     }
     for dt in dtypes:

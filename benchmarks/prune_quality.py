@@ -46,11 +46,13 @@ def main() -> None:
 
     os.environ.setdefault("LLMCTL_HOME", tempfile.mkdtemp(prefix="llmctl-bench-"))
     from _heldout_split import heldout_sets
+
     from llmctl.profiles import resolve_config
     from llmctl.prune import prune
 
-    base = heldout_sets(args.model, args.data, args.eval_tokens, args.seqlen, args.calib_samples,
-                        args.calib_seqlen, "pbench-")
+    base = heldout_sets(
+        args.model, args.data, args.eval_tokens, args.seqlen, args.calib_samples, args.calib_seqlen, "pbench-"
+    )
     results: dict = {"settings": vars(args), "runs": {}}
     fp = None
     for key in [k.strip() for k in args.only.split(",") if k.strip()]:
@@ -58,14 +60,28 @@ def main() -> None:
         config = resolve_config("prune", None, base + RUNS[key], {"pattern": "2:4"} if key.endswith("2:4") else {})
         print(f"[{time.strftime('%H:%M:%S')}] {key} …", file=sys.stderr, flush=True)
         started = time.perf_counter()
-        r = prune(args.model, f"bench-{key.replace(':', '-')}", config, command=f"benchmarks/prune_quality.py {key}",
-                  force=True, known_ppl_before=fp, progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
+        r = prune(
+            args.model,
+            f"bench-{key.replace(':', '-')}",
+            config,
+            command=f"benchmarks/prune_quality.py {key}",
+            force=True,
+            known_ppl_before=fp,
+            progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True),
+        )
         fp = r["perplexity_before"]
         results["fp_perplexity"] = fp
-        results["runs"][key] = {"perplexity": r["perplexity_after"], "overall_sparsity": r["overall_sparsity"],
-                                "prune_seconds": r["prune_seconds"], "seconds": round(time.perf_counter() - started, 1)}
-        print(f"  {key}: ppl {r['perplexity_after']} (fp {fp}), sparsity {r['overall_sparsity']}",
-              file=sys.stderr, flush=True)
+        results["runs"][key] = {
+            "perplexity": r["perplexity_after"],
+            "overall_sparsity": r["overall_sparsity"],
+            "prune_seconds": r["prune_seconds"],
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        print(
+            f"  {key}: ppl {r['perplexity_after']} (fp {fp}), sparsity {r['overall_sparsity']}",
+            file=sys.stderr,
+            flush=True,
+        )
         if args.out:
             Path(args.out).write_text(json.dumps(results, indent=2))
     for pattern in ("50", "2:4"):

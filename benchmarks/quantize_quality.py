@@ -36,19 +36,27 @@ def main() -> None:
     ap.add_argument("--bits", type=int, default=4)
     ap.add_argument("--group-size", type=int, default=128)
     ap.add_argument("--asym", action="store_true", help="asymmetric grids (default symmetric)")
-    ap.add_argument("--only", default="rtn,gptq,awq,openvino-int4,openvino-int8",
-                    help="comma list of: rtn, gptq, gptq-block2048, awq, teq, openvino-int4, openvino-int8")
+    ap.add_argument(
+        "--only",
+        default="rtn,gptq,awq,openvino-int4,openvino-int8",
+        help="comma list of: rtn, gptq, gptq-block2048, awq, teq, openvino-int4, openvino-int8",
+    )
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args()
 
     os.environ.setdefault("LLMCTL_HOME", tempfile.mkdtemp(prefix="llmctl-bench-"))
     from _heldout_split import heldout_sets
+
     from llmctl.profiles import resolve_config
     from llmctl.quantize import quantize
 
-    base = [f"bits={args.bits}", f"group_size={args.group_size}", f"sym={'false' if args.asym else 'true'}"] + \
-        heldout_sets(args.model, args.data, args.eval_tokens, args.seqlen, args.calib_samples, args.calib_seqlen,
-                     "qbench-")
+    base = [
+        f"bits={args.bits}",
+        f"group_size={args.group_size}",
+        f"sym={'false' if args.asym else 'true'}",
+    ] + heldout_sets(
+        args.model, args.data, args.eval_tokens, args.seqlen, args.calib_samples, args.calib_seqlen, "qbench-"
+    )
     runs = {
         "rtn": ["algo=rtn"],
         "gptq": ["algo=gptq"],
@@ -63,7 +71,7 @@ def main() -> None:
         sets = base + runs[key]
         if key == "gptq-block2048":
             # the pre-fix behaviour: blocks of 2048 columns with groups of 128 (INC's default block)
-            import llmctl.quantize as q
+            import llmctl.quantize.inc as q
 
             orig = q.gptq_block
             q.gptq_block = lambda cfg: cfg["gptq"]["block_size"]
@@ -71,9 +79,15 @@ def main() -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {key} …", file=sys.stderr, flush=True)
         started = time.perf_counter()
         try:
-            r = quantize(args.model, f"bench-{key}", config, command=f"benchmarks/quantize_quality.py {key}",
-                         force=True, known_ppl_before=results.get("fp_perplexity"),
-                         progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
+            r = quantize(
+                args.model,
+                f"bench-{key}",
+                config,
+                command=f"benchmarks/quantize_quality.py {key}",
+                force=True,
+                known_ppl_before=results.get("fp_perplexity"),
+                progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True),
+            )
         except Exception as exc:  # report and go on with the other formats
             results["runs"][key] = {"error": f"{type(exc).__name__}: {exc}"}
             print(f"  failed: {exc}", file=sys.stderr, flush=True)
@@ -82,9 +96,13 @@ def main() -> None:
             if key == "gptq-block2048":
                 q.gptq_block = orig
         results["fp_perplexity"] = r["perplexity_before"]
-        results["runs"][key] = {"perplexity": r["perplexity_after"], "seconds": round(time.perf_counter() - started, 1),
-                                "quantize_seconds": r["quantize_seconds"], "size_mb": r["size_mb"],
-                                "weights_mb": r["weights_mb"]}
+        results["runs"][key] = {
+            "perplexity": r["perplexity_after"],
+            "seconds": round(time.perf_counter() - started, 1),
+            "quantize_seconds": r["quantize_seconds"],
+            "size_mb": r["size_mb"],
+            "weights_mb": r["weights_mb"],
+        }
         print(f"  {key}: ppl {r['perplexity_after']} (fp {r['perplexity_before']})", file=sys.stderr, flush=True)
         if args.out:
             Path(args.out).write_text(json.dumps(results, indent=2))
@@ -95,8 +113,10 @@ def main() -> None:
             if key != "rtn" and r.get("perplexity"):
                 r["gap_closed_vs_rtn"] = round((rtn - r["perplexity"]) / (rtn - fp), 3)
         results["goal_gptq_awq_close_40pct"] = all(
-            results["runs"].get(k, {}).get("gap_closed_vs_rtn", -1) >= 0.4 for k in ("gptq", "awq")
-            if k in results["runs"])
+            results["runs"].get(k, {}).get("gap_closed_vs_rtn", -1) >= 0.4
+            for k in ("gptq", "awq")
+            if k in results["runs"]
+        )
     text = json.dumps(results, indent=2)
     print(text)
     if args.out:

@@ -20,7 +20,9 @@ import tempfile
 import time
 
 FORMATS = {
-    "inc-rtn4": ["algo=rtn", "bits=4", "group_size=128"],
+    # quantize's default layout: compressed-tensors, decompressed into float Linear layers at load
+    "ct-rtn4": ["algo=rtn", "bits=4", "group_size=128"],
+    "inc-rtn4": ["algo=rtn", "bits=4", "group_size=128", "save_format=inc"],
     "inc-int8": ["algo=dynamic-int8", "bits=8"],
     "openvino-int8": ["backend=openvino", "bits=8", "group_size=-1"],
     "openvino-int4": ["backend=openvino", "bits=4", "group_size=128"],
@@ -47,8 +49,9 @@ def main() -> None:
 
     from llmctl.generate import generate
     from llmctl.loading import load_model
+    from llmctl.paths import dir_size_mb
     from llmctl.profiles import resolve_config
-    from llmctl.quantize import dir_size_mb, quantize
+    from llmctl.quantize import quantize
     from llmctl.registry import Registry
     from llmctl.resolve import resolve_model
 
@@ -59,7 +62,7 @@ def main() -> None:
     results: dict = {"settings": vars(args), "runs": {}}
 
     def timed(loaded) -> dict:
-        generate(args.model, [{"id": 0, "prompt": PROMPT}], warm_cfg, loaded=loaded)   # first-call setup off the clock
+        generate(args.model, [{"id": 0, "prompt": PROMPT}], warm_cfg, loaded=loaded)  # first-call setup off the clock
         best = None
         for _ in range(args.repeats):
             r = generate(args.model, [{"id": 1, "prompt": PROMPT}], gen_cfg, loaded=loaded)
@@ -73,24 +76,29 @@ def main() -> None:
             loaded = load_model(src, dtype="float32", device="cpu")
             # plain baseline: HF generate without llmctl
             tok = loaded.tokenizer
-            text = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
-                                           tokenize=False)
+            text = tok.apply_chat_template(
+                [{"role": "user", "content": PROMPT}], add_generation_prompt=True, tokenize=False
+            )
             enc = tok(text, return_tensors="pt", add_special_tokens=False)
             enc = {k: enc[k] for k in ("input_ids", "attention_mask")}
             plain = 0.0
-            with torch.inference_mode():   # first-call setup off the clock, as for every other side
+            with torch.inference_mode():  # first-call setup off the clock, as for every other side
                 loaded.model.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
             for _ in range(args.repeats):
                 t = time.perf_counter()
                 with torch.inference_mode():
-                    out = loaded.model.generate(**enc, max_new_tokens=args.new_tokens, do_sample=False,
-                                                pad_token_id=tok.pad_token_id)
+                    out = loaded.model.generate(
+                        **enc, max_new_tokens=args.new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
+                    )
                 n = out.shape[1] - enc["input_ids"].shape[1]
                 plain = max(plain, n / (time.perf_counter() - t))
             results["runs"]["fp32-plain-hf"] = {"tokens_per_s": round(plain, 2), "size_mb": dir_size_mb(src.path)}
             s = timed(loaded)
-            results["runs"]["fp32"] = {"tokens_per_s": s["tokens_per_s"], "new_tokens": s["new_tokens"],
-                                       "size_mb": dir_size_mb(src.path)}
+            results["runs"]["fp32"] = {
+                "tokens_per_s": s["tokens_per_s"],
+                "new_tokens": s["new_tokens"],
+                "size_mb": dir_size_mb(src.path),
+            }
         else:
             name = f"speed-{fmt}"
             reg = Registry()
@@ -103,8 +111,11 @@ def main() -> None:
                 loaded.model.request = None
                 loaded.model.compile()
             s = timed(loaded)
-            results["runs"][fmt] = {"tokens_per_s": s["tokens_per_s"], "new_tokens": s["new_tokens"],
-                                    "size_mb": dir_size_mb(reg.get(name).path)}
+            results["runs"][fmt] = {
+                "tokens_per_s": s["tokens_per_s"],
+                "new_tokens": s["new_tokens"],
+                "size_mb": dir_size_mb(reg.get(name).path),
+            }
         print(f"  {fmt}: {results['runs'][fmt]}", file=sys.stderr, flush=True)
         del loaded
         if args.out:
@@ -115,8 +126,11 @@ def main() -> None:
         for r in results["runs"].values():
             r["speedup_vs_fp32_hf"] = round(r["tokens_per_s"] / base, 2)
         best = max(results["runs"].items(), key=lambda kv: kv[1]["tokens_per_s"])
-        results["best"] = {"format": best[0], "speedup_vs_fp32_hf": best[1]["speedup_vs_fp32_hf"],
-                           "goal_3x": best[1]["speedup_vs_fp32_hf"] >= 3}
+        results["best"] = {
+            "format": best[0],
+            "speedup_vs_fp32_hf": best[1]["speedup_vs_fp32_hf"],
+            "goal_3x": best[1]["speedup_vs_fp32_hf"] >= 3,
+        }
     text = json.dumps(results, indent=2)
     print(text)
     if args.out:

@@ -44,7 +44,7 @@ def baseline(tokenizer_json: Path, files: list[Path], batch_docs: int) -> dict:
         n_bytes += f.stat().st_size
         docs = [d.strip("\n") for d in text.replace("\r\n", "\n").split("\n\n") if d.strip()]
         for i in range(0, len(docs), batch_docs):
-            for enc in tok.encode_batch(docs[i:i + batch_docs], add_special_tokens=False):
+            for enc in tok.encode_batch(docs[i : i + batch_docs], add_special_tokens=False):
                 kept.append(enc.ids)
                 n_tokens += len(enc.ids) + 1  # + EOS, as llmctl writes
     seconds = time.perf_counter() - t0
@@ -61,14 +61,31 @@ def run_llmctl(tokenizer: str, files: list[Path], workers: int, out: Path) -> di
     res = encode_corpus(tokenizer, files, config, output=out, force=True)
     seconds = time.perf_counter() - t0
     shutil.rmtree(out, ignore_errors=True)
-    return {"seconds": seconds, "mb_per_s": n_bytes / 1e6 / seconds, "tokens": res.index["stats"]["tokens"],
-            "pipeline_mb_per_s": res.index["stats"]["mb_per_s"]}
+    return {
+        "seconds": seconds,
+        "mb_per_s": n_bytes / 1e6 / seconds,
+        "tokens": res.index["stats"]["tokens"],
+        "pipeline_mb_per_s": res.index["stats"]["mb_per_s"],
+    }
 
 
 def run_cli(tokenizer: str, files: list[Path], workers: int, out: Path) -> dict:
     exe = Path(sys.executable).with_name("llmctl")
-    cmd = [str(exe), "tokenize", "encode", "--tokenizer", tokenizer, "--output", str(out), "--workers", str(workers),
-           "--val-fraction", "0", "--force", "--json"]
+    cmd = [
+        str(exe),
+        "tokenize",
+        "encode",
+        "--tokenizer",
+        tokenizer,
+        "--output",
+        str(out),
+        "--workers",
+        str(workers),
+        "--val-fraction",
+        "0",
+        "--force",
+        "--json",
+    ]
     for f in files:
         cmd += ["--input", str(f)]
     n_bytes = sum(f.stat().st_size for f in files)
@@ -81,8 +98,11 @@ def run_cli(tokenizer: str, files: list[Path], workers: int, out: Path) -> dict:
 
 def summary(runs: list[dict]) -> dict:
     speeds = [r["mb_per_s"] for r in runs]
-    return {"best_mb_per_s": round(max(speeds), 3), "median_mb_per_s": round(statistics.median(speeds), 3),
-            "runs_mb_per_s": [round(s, 3) for s in speeds]}
+    return {
+        "best_mb_per_s": round(max(speeds), 3),
+        "median_mb_per_s": round(statistics.median(speeds), 3),
+        "runs_mb_per_s": [round(s, 3) for s in speeds],
+    }
 
 
 def main() -> None:
@@ -132,10 +152,16 @@ def main() -> None:
         base = summary(results["baseline"])
         report = {
             "benchmark": "tokenize_speed",
-            "settings": {"inputs": [str(f) for f in inputs], "repeat": args.repeat, "corpus_mb": round(corpus.stat().st_size / 1e6, 3),
-                         "runs": args.runs, "cpu_count": os.cpu_count(), "tokenizer": tokenizer,
-                         "baseline": "tokenizers.Tokenizer.encode_batch loop, one process (Rust threads on), ids kept in memory",
-                         "llmctl": "encode_corpus in-process: stream, tokenize, write shards + index, sha256 sources"},
+            "settings": {
+                "inputs": [str(f) for f in inputs],
+                "repeat": args.repeat,
+                "corpus_mb": round(corpus.stat().st_size / 1e6, 3),
+                "runs": args.runs,
+                "cpu_count": os.cpu_count(),
+                "tokenizer": tokenizer,
+                "baseline": "tokenizers.Tokenizer.encode_batch loop, one process (Rust threads on), ids kept in memory",
+                "llmctl": "encode_corpus in-process: stream, tokenize, write shards + index, sha256 sources",
+            },
             "tokens": results["baseline"][0]["tokens"],
             "baseline": base,
         }

@@ -4,18 +4,37 @@ Examples:
     llmctl eval --model smollm2-135m-instruct --tasks hellaswag,arc_challenge --data-dir ../shared/data --limit 200
     llmctl eval --model M --tasks hellaswag --fail-under hellaswag.acc_norm=0.35
     llmctl eval compare M1 M2 --tasks hellaswag,perplexity --plot cmp.png
+    llmctl eval --model M --tasks passkey --context-lengths 2048,4096,8192 --rope-scaling yarn --rope-factor 2
+    torchrun --nproc_per_node 4 $(which llmctl) eval --model M --tasks hellaswag --data-dir D   # data-parallel
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from llmctl.cli._common import (DeviceOpt, DryRunOpt, DtypeOpt, ForceOpt, JsonOpt, ProfileOpt, SetOpt,
-                                command_line, emit_json, err, out, resolve)
+from llmctl.cli._common import (
+    ROPE_OPTIONS,
+    DeviceOpt,
+    DryRunOpt,
+    DtypeOpt,
+    ForceOpt,
+    JsonOpt,
+    ProfileOpt,
+    RopeFactorOpt,
+    RopeOriginalOpt,
+    RopeScalingOpt,
+    SetOpt,
+    command_line,
+    emit_json,
+    err,
+    int_list,
+    out,
+    resolve,
+)
 
 _LAYOUT = """
 Local data: --data-dir DIR (or $LLMCTL_DATA_DIR), one folder per task family:
@@ -30,9 +49,16 @@ Files: jsonl, json, parquet or csv. The split comes from the file name:
 val/valid/validation/dev = validation, test, train (MMLU: dev = few-shot).
 Scored: validation (hellaswag, piqa, winogrande), test (arc, mmlu, wikitext).
 Offline tasks: hellaswag arc_easy arc_challenge piqa winogrande mmlu
-mmlu_<subject> wikitext perplexity. Other lm-eval task names use lm-eval's
-own configs and datasets (needs LLMCTL_ALLOW_NETWORK=1).
-perplexity: token perplexity, bits per byte, word perplexity of --data FILE.
+mmlu_<subject> wikitext perplexity passkey reward_accuracy. Other lm-eval task
+names use lm-eval's own configs and datasets (needs LLMCTL_ALLOW_NETWORK=1).
+perplexity: token perplexity, bits per byte, word perplexity of --data FILE;
+  --length-buckets 512,2048,8192 adds perplexity by token position.
+passkey: a number hidden at several depths of filler text (no data needed);
+  accuracy per (length, depth) for --context-lengths, heat-map with --plot.
+reward_accuracy: a reward model (finetune --objective reward) on preference
+  pairs in --data FILE: pair_accuracy (chosen scored above rejected), mean_margin.
+--rope-scaling linear|dynamic|yarn|llama3 --rope-factor F: RoPE scaling on load.
+Under torchrun every process takes a share of the requests (same scores).
 --fail-under task.metric=value: exit 3 when below (above, for perplexities).
 """
 
@@ -41,44 +67,70 @@ app = typer.Typer(
     no_args_is_help=False,
 )
 
-TasksOpt = Annotated[Optional[list[str]], typer.Option("--tasks", "-t", help="Comma-separated tasks (repeatable): lm-eval names or perplexity.")]
-DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Local task data, one folder per family (default $LLMCTL_DATA_DIR).")]
-FewshotOpt = Annotated[Optional[int], typer.Option("--num-fewshot", help="Few-shot examples per item (default: the task's).")]
-LimitOpt = Annotated[Optional[str], typer.Option("--limit", help="Items per task: a count, or a fraction in (0, 1).")]
-BatchOpt = Annotated[Optional[str], typer.Option("--batch-size", help="lm-eval batch size: an integer or auto.")]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed for python, numpy, torch and few-shot sampling.")]
-ChatOpt = Annotated[Optional[bool], typer.Option("--apply-chat-template/--no-chat-template", help="Wrap prompts in the model's chat template.")]
-PplDataOpt = Annotated[Optional[Path], typer.Option("--data", help="Text file for the perplexity task (default: wikitext test file in --data-dir).")]
-SeqlenOpt = Annotated[Optional[int], typer.Option("--seqlen", help="perplexity: window length in tokens.")]
-StrideOpt = Annotated[Optional[int], typer.Option("--stride", help="perplexity: tokens the window moves each step.")]
-MaxTokOpt = Annotated[Optional[int], typer.Option("--max-tokens", help="perplexity: score only the first N tokens.")]
+TasksOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--tasks", "-t", help="Comma-separated tasks (repeatable): lm-eval names, perplexity or reward_accuracy."
+    ),
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Local task data, one folder per family (default $LLMCTL_DATA_DIR)."),
+]
+FewshotOpt = Annotated[
+    int | None, typer.Option("--num-fewshot", help="Few-shot examples per item (default: the task's).")
+]
+LimitOpt = Annotated[float | None, typer.Option("--limit", help="Items per task: a count, or a fraction in (0, 1).")]
+BatchOpt = Annotated[str | None, typer.Option("--batch-size", help="lm-eval batch size: an integer or auto.")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed for python, numpy, torch and few-shot sampling.")]
+ChatOpt = Annotated[
+    bool | None,
+    typer.Option("--apply-chat-template/--no-chat-template", help="Wrap prompts in the model's chat template."),
+]
+PplDataOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        help="perplexity: a text file (default: wikitext test file in --data-dir); reward_accuracy: preference pairs.",
+    ),
+]
+SeqlenOpt = Annotated[int | None, typer.Option("--seqlen", help="perplexity: window length in tokens.")]
+StrideOpt = Annotated[int | None, typer.Option("--stride", help="perplexity: tokens the window moves each step.")]
+MaxTokOpt = Annotated[int | None, typer.Option("--max-tokens", help="perplexity: score only the first N tokens.")]
+BucketsOpt = Annotated[
+    str | None, typer.Option("--length-buckets", help="perplexity by token position: bucket ends, e.g. 512,2048,8192.")
+]
+LengthsOpt = Annotated[
+    str | None, typer.Option("--context-lengths", help="passkey: prompt lengths in tokens, e.g. 2048,4096,8192.")
+]
 
 
-def _explicit(tasks, data_dir, num_fewshot, limit, batch_size, seed, apply_chat_template, dtype, device,
-              data, seqlen, stride, max_tokens, log_samples=None) -> dict:
-    from llmctl.evaluate import parse_batch_size, parse_limit, parse_tasks
+def _tasks(values: list[str]) -> list[str]:
+    from llmctl.evaluate import parse_tasks
 
-    return {
-        "tasks": parse_tasks(tasks) if tasks else None,
-        "data_dir": str(data_dir) if data_dir else None,
-        "num_fewshot": num_fewshot,
-        "limit": parse_limit(limit) if limit is not None else None,
-        "batch_size": str(parse_batch_size(batch_size)) if batch_size is not None else None,
-        "seed": seed, "apply_chat_template": apply_chat_template, "dtype": dtype, "device": device,
-        "log_samples": log_samples or None,
-        "perplexity.data": str(data) if data else None, "perplexity.seqlen": seqlen,
-        "perplexity.stride": stride, "perplexity.max_tokens": max_tokens,
-    }
+    return parse_tasks(values)
 
 
-def _check_common(config: dict) -> None:
-    from llmctl.errors import UsageError
-
-    if config.get("num_fewshot") is not None and config["num_fewshot"] < 0:
-        raise UsageError(f"--num-fewshot must be 0 or more, got {config['num_fewshot']}")
-    p = config["perplexity"]
-    if p["stride"] > p["seqlen"]:
-        raise UsageError(f"--stride {p['stride']} is larger than --seqlen {p['seqlen']}", hint="use stride <= seqlen")
+# Option → profile key: every value given here is checked by llmctl/schemas/eval.py (shared by eval and compare).
+OPTIONS = {
+    "tasks": ("tasks", _tasks),
+    "data_dir": "data_dir",
+    "num_fewshot": "num_fewshot",
+    "limit": "limit",
+    "batch_size": "batch_size",
+    "seed": "seed",
+    "apply_chat_template": "apply_chat_template",
+    "dtype": "dtype",
+    "device": "device",
+    "log_samples": "log_samples",
+    "data": "data",
+    "seqlen": "perplexity.seqlen",
+    "stride": "perplexity.stride",
+    "max_tokens": "perplexity.max_tokens",
+    "length_buckets": ("perplexity.length_buckets", int_list),
+    "context_lengths": ("passkey.context_lengths", int_list),
+    **ROPE_OPTIONS,
+}
 
 
 @app.callback(epilog=_LAYOUT)
@@ -92,15 +144,33 @@ def eval_(
     batch_size: BatchOpt = None,
     seed: SeedOpt = None,
     apply_chat_template: ChatOpt = None,
-    log_samples: Annotated[bool, typer.Option("--log-samples", help="Write every scored item beside --output (JSONL per task).")] = False,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write lm-eval's results JSON (+ model lineage, llmctl version) here.")] = None,
-    fail_under: Annotated[Optional[list[str]], typer.Option("--fail-under", help="Gate task.metric=value (repeatable); exit 3 when below.")] = None,
-    adapter: Annotated[Optional[str], typer.Option("--adapter", help="PEFT adapter (name or path) on top of the model.")] = None,
+    log_samples: Annotated[
+        bool, typer.Option("--log-samples", help="Write every scored item beside --output (JSONL per task).")
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write lm-eval's results JSON (+ model lineage, llmctl version) here."),
+    ] = None,
+    fail_under: Annotated[
+        list[str] | None,
+        typer.Option("--fail-under", help="Gate task.metric=value (repeatable); exit 3 when below."),
+    ] = None,
+    adapter: Annotated[
+        str | None, typer.Option("--adapter", help="PEFT adapter (name or path) on top of the model.")
+    ] = None,
     data: PplDataOpt = None,
     seqlen: SeqlenOpt = None,
     stride: StrideOpt = None,
     max_tokens: MaxTokOpt = None,
-    no_attach: Annotated[bool, typer.Option("--no-attach", help="Do not store the results on the model's registry entry.")] = False,
+    length_buckets: BucketsOpt = None,
+    context_lengths: LengthsOpt = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="passkey: write the accuracy heat-map PNG here.")] = None,
+    rope_scaling: RopeScalingOpt = None,
+    rope_factor: RopeFactorOpt = None,
+    rope_original_length: RopeOriginalOpt = None,
+    no_attach: Annotated[
+        bool, typer.Option("--no-attach", help="Do not store the results on the model's registry entry.")
+    ] = False,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     profile: ProfileOpt = None,
@@ -114,34 +184,51 @@ def eval_(
     Examples:
         llmctl eval --model smollm2-135m-instruct --tasks hellaswag,arc_challenge --data-dir ../shared/data --limit 200
         llmctl eval --model M --tasks arc_easy,piqa,winogrande,mmlu --num-fewshot 5 --batch-size 16 --json
-        llmctl eval --model M --tasks perplexity --data ../shared/data/wikitext-2-raw/wiki.test.raw --seqlen 2048 --stride 512
+        llmctl eval --model M --tasks perplexity --data wikitext-2-raw/wiki.test.raw --seqlen 2048 --stride 512
         llmctl eval --model M --tasks hellaswag --fail-under hellaswag.acc_norm=0.35      # exit 3 when below
         llmctl eval compare M1 M2 M3 --tasks hellaswag,perplexity --plot cmp.png        # table + PNG bar chart
+        llmctl eval --model M --tasks passkey --context-lengths 4096,8192,16384 --plot passkey.png
+        llmctl eval --model M --tasks perplexity --data long.txt --length-buckets 512,2048,8192
     """
     if ctx.invoked_subcommand is not None:
         return
-    from typer._click.core import ParameterSource  # Typer 0.29 vendors its own click
-
-    if all(ctx.get_parameter_source(p) in (None, ParameterSource.DEFAULT) for p in ctx.params):
+    if all(getattr(ctx.get_parameter_source(p), "name", "DEFAULT") == "DEFAULT" for p in ctx.params):
         typer.echo(ctx.get_help())  # bare `llmctl eval`: show what it can do instead of guessing
         raise typer.Exit(0)
     from llmctl.errors import GateFailed, UsageError
     from llmctl.evaluate import parse_gates, parse_tasks, run_eval, write_results
-    from llmctl.paths import ensure_new
+    from llmctl.paths import check_output_path
 
-    explicit = _explicit(tasks, data_dir, num_fewshot, limit, batch_size, seed, apply_chat_template, dtype,
-                         device, data, seqlen, stride, max_tokens, log_samples)
-    config = resolve("eval", profile, set_, explicit, dry_run, json_out)
-    _check_common(config)
+    config = resolve(ctx, "eval", OPTIONS)
     task_list = parse_tasks(config["tasks"])
     gates = parse_gates(fail_under, task_list)
     if config["log_samples"] and output is None:
         raise UsageError("--log-samples needs --output (samples are written beside it)")
-    if output is not None:
-        ensure_new(output, force)
+    if output is not None:  # before the model loads: a bad path must not cost the whole evaluation
+        check_output_path(output, force, what="--output")
+    heatmap = plot or (output.with_name(output.stem + ".passkey.png") if output is not None else None)
+    if plot is not None:
+        if "passkey" not in task_list:
+            raise UsageError("--plot draws the passkey heat-map; add passkey to --tasks")
+        check_output_path(plot, force, what="--plot")
     with err.status("Evaluating …") as status:
-        result = run_eval(model, task_list, config, adapter=adapter, gates=gates, command=command_line(),
-                          attach=not no_attach, progress=lambda m: status.update(m))
+        result = run_eval(
+            model,
+            task_list,
+            config,
+            adapter=adapter,
+            gates=gates,
+            command=command_line(),
+            attach=not no_attach,
+            progress=lambda m: status.update(m),
+        )
+    if not result.main:
+        return  # a process other than rank 0 under torchrun: rank 0 reports
+    if heatmap is not None and "passkey_heatmap" in result.files:
+        from llmctl.evaluate.passkey import plot_heatmap
+
+        plot_heatmap(result.files["passkey_heatmap"], heatmap, title=f"passkey: {result.model}")
+        err.print(f"Wrote {heatmap}")
     if output is not None:
         from llmctl.profiles import save_config
 
@@ -151,14 +238,25 @@ def eval_(
     for note in result.notes:
         err.print(f"[dim]{note}[/dim]")
     if json_out:
-        emit_json({"model": result.model, "metrics": result.metrics, "results": result.results.get("results", {}),
-                   "groups": result.results.get("groups", {}), "n-samples": result.results.get("n-samples", {}),
-                   "seconds": round(result.seconds, 3), "failed_gates": result.failed_gates})
+        emit_json(
+            {
+                "model": result.model,
+                "metrics": result.metrics,
+                "results": result.results.get("results", {}),
+                "groups": result.results.get("groups", {}),
+                "n-samples": result.results.get("n-samples", {}),
+                "seconds": round(result.seconds, 3),
+                "failed_gates": result.failed_gates,
+            }
+        )
     else:
         _print_metrics(result)
+        _print_passkey(result)
     if result.failed_gates:
-        raise GateFailed("quality gate failed: " + "; ".join(result.failed_gates),
-                         hint="the model scores below the --fail-under threshold")
+        raise GateFailed(
+            "quality gate failed: " + "; ".join(result.failed_gates),
+            hint="the model scores below the --fail-under threshold",
+        )
 
 
 def _fmt(value: float) -> str:
@@ -179,8 +277,22 @@ def _print_metrics(result) -> None:
     out.print(table)
 
 
+def _print_passkey(result) -> None:
+    """The passkey accuracy table: depth (rows) x context length (columns)."""
+    cfg = result.results.get("configs", {}).get("passkey")
+    if not cfg:
+        return
+    table = Table(
+        "depth", *(str(n) for n in cfg["context_lengths"]), title=f"passkey accuracy ({cfg['samples']} per cell)"
+    )
+    for depth, row in zip(cfg["depths"], cfg["table"]):
+        table.add_row(f"{depth:.0%}", *(f"{v:.2f}" for v in row))
+    out.print(table)
+
+
 @app.command("compare")
 def compare_cmd(
+    ctx: typer.Context,
     models: Annotated[list[str], typer.Argument(help="Registry names or paths of the models to compare.")],
     tasks: TasksOpt = None,
     data_dir: DataDirOpt = None,
@@ -193,8 +305,15 @@ def compare_cmd(
     seqlen: SeqlenOpt = None,
     stride: StrideOpt = None,
     max_tokens: MaxTokOpt = None,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG bar chart of the table here.")] = None,
-    from_registry: Annotated[bool, typer.Option("--from-registry", help="Use results stored in the registry instead of running.")] = False,
+    length_buckets: BucketsOpt = None,
+    context_lengths: LengthsOpt = None,
+    rope_scaling: RopeScalingOpt = None,
+    rope_factor: RopeFactorOpt = None,
+    rope_original_length: RopeOriginalOpt = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG bar chart of the table here.")] = None,
+    from_registry: Annotated[
+        bool, typer.Option("--from-registry", help="Use results stored in the registry instead of running.")
+    ] = False,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     profile: ProfileOpt = None,
@@ -206,22 +325,29 @@ def compare_cmd(
     """Evaluate several models on the same tasks and show one table (and a PNG bar chart).
 
     Examples:
-        llmctl eval compare base base-gptq base-pruned --tasks hellaswag,perplexity --data-dir ../shared/data --limit 200
+        llmctl eval compare base base-gptq base-pruned --tasks hellaswag,perplexity --data-dir DATA --limit 200
         llmctl eval compare base base-gptq --tasks hellaswag --from-registry --plot cmp.png
     """
     from llmctl.evaluate import compare, parse_tasks, plot_compare
-    from llmctl.paths import ensure_new
+    from llmctl.paths import check_output_path
 
-    explicit = _explicit(tasks, data_dir, num_fewshot, limit, batch_size, seed, apply_chat_template, dtype,
-                         device, data, seqlen, stride, max_tokens)
-    config = resolve("eval", profile, set_, explicit, dry_run, json_out)
-    _check_common(config)
+    config = resolve(ctx, "eval", OPTIONS)
     task_list = parse_tasks(config["tasks"])
     if plot is not None:
-        ensure_new(plot, force)
+        check_output_path(plot, force, what="--plot")
     with err.status("Evaluating …") as status:
-        table = compare(models, task_list, config, from_registry=from_registry, command=command_line(),
-                        progress=lambda m: status.update(m))
+        table = compare(
+            models,
+            task_list,
+            config,
+            from_registry=from_registry,
+            command=command_line(),
+            progress=lambda m: status.update(m),
+        )
+    from llmctl.training.dist import env_rank
+
+    if env_rank() != 0:
+        return  # a process other than rank 0 under torchrun: rank 0 reports
     if plot is not None:
         plot_compare(table, plot)
         err.print(f"Wrote {plot}")

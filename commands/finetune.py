@@ -1,31 +1,104 @@
-"""`llmctl finetune`: full, LoRA, QLoRA, DoRA, prompt/prefix tuning with SFT, DPO or reward objectives.
+"""`llmctl finetune`: full, LoRA, QLoRA, DoRA, prompt/prefix tuning with SFT, preference, reward, PPO or GRPO
+objectives.
 
 Examples:
-    llmctl finetune --model smollm2-135m-instruct --method lora --data ../shared/data/alpaca/alpaca_2000.json --name smol-alpaca-lora
+    llmctl finetune --model smollm2-135m-instruct --method lora --data alpaca_2000.json --name smol-alpaca-lora
     llmctl finetune --model M --method qlora --data FILE --name N --set lora.r=32 --resume
     llmctl finetune --model M --objective dpo --data prefs.jsonl --method lora --name N
+    llmctl finetune --model M --objective ppo --reward-model RM --data prompts.jsonl --name N
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from llmctl.cli._common import (BatchSizeOpt, DeviceOpt, DryRunOpt, DtypeOpt, EpochsOpt, EvalEveryOpt, ForceOpt,
-                                GradAccumOpt, JsonOpt, LrOpt, MaxStepsOpt, ProfileOpt, SaveEveryOpt, SeedOpt,
-                                SeqLenOpt, SetOpt, command_line, emit_json, err, resolve, train_overrides)
+from llmctl.cli._common import (
+    ROPE_OPTIONS,
+    TRAIN_OPTIONS,
+    BatchSizeOpt,
+    DeviceOpt,
+    DryRunOpt,
+    DtypeOpt,
+    EpochsOpt,
+    EvalEveryOpt,
+    ForceOpt,
+    GradAccumOpt,
+    JsonOpt,
+    LrOpt,
+    MaxStepsOpt,
+    ProfileOpt,
+    RopeFactorOpt,
+    RopeOriginalOpt,
+    RopeScalingOpt,
+    SaveEveryOpt,
+    SeedOpt,
+    SeqLenOpt,
+    SetOpt,
+    choice_option,
+    command_line,
+    emit_json,
+    err,
+    resolve,
+    schema_field,
+)
+
+# Option → profile key: every value given here is checked by llmctl/schemas/finetune.py.
+OPTIONS = {
+    "method": "method",
+    "objective": "objective",
+    "template": "data.template",
+    "packing": "data.packing",
+    "reward_model": "reward.model",
+    "reward": "reward.function",
+    "num_generations": "grpo.num_generations",
+    **TRAIN_OPTIONS,
+    **ROPE_OPTIONS,
+}
 
 
 def finetune(
-    model: Annotated[str, typer.Option("--model", "-m", help="Base model: registry name or path.")] = "smollm2-135m-instruct",
-    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Alpaca JSON/JSONL, chat JSONL (messages), text JSONL or preference JSONL.")] = None,
-    name: Annotated[Optional[str], typer.Option("--name", "-n", help="Registry name of the result.")] = None,
-    method: Annotated[Optional[str], typer.Option("--method", help="full, lora, qlora, dora, prompt-tuning or prefix-tuning.")] = None,
-    objective: Annotated[Optional[str], typer.Option("--objective", help="sft, dpo or reward.")] = None,
-    template: Annotated[Optional[str], typer.Option("--template", help="auto, model, chatml or alpaca.")] = None,
-    packing: Annotated[Optional[bool], typer.Option("--packing/--no-packing", help="Pack short examples into full sequences.")] = None,
+    ctx: typer.Context,
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Base model: registry name or path.")
+    ] = "smollm2-135m-instruct",
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", "-d", help="Alpaca, chat (messages), text, preference or prompts: JSONL/JSON/Parquet."),
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Registry name of the result.")] = None,
+    method: Annotated[
+        str | None, choice_option("--method", field=schema_field("finetune", "method"), help="What is trained")
+    ] = None,
+    objective: Annotated[
+        str | None,
+        choice_option("--objective", field=schema_field("finetune", "objective"), help="Training objective"),
+    ] = None,
+    template: Annotated[
+        str | None,
+        choice_option("--template", field=schema_field("finetune", "data.template"), help="Prompt template"),
+    ] = None,
+    packing: Annotated[
+        bool | None, typer.Option("--packing/--no-packing", help="Pack short examples into full sequences.")
+    ] = None,
+    reward_model: Annotated[
+        str | None, typer.Option("--reward-model", help="ppo/grpo: reward model (made by --objective reward).")
+    ] = None,
+    reward: Annotated[
+        str | None,
+        typer.Option(
+            "--reward",
+            help="ppo/grpo: math_exact, format_regex or python:FILE:FUNC (FUNC(prompt, completion, **fields)).",
+            autocompletion=lambda incomplete: [
+                r for r in ("math_exact", "format_regex", "python:") if r.startswith(incomplete)
+            ],
+        ),
+    ] = None,
+    num_generations: Annotated[
+        int | None, typer.Option("--num-generations", help="grpo: answers sampled per prompt.")
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's latest checkpoint.")] = False,
     max_steps: MaxStepsOpt = None,
     epochs: EpochsOpt = None,
@@ -38,45 +111,52 @@ def finetune(
     save_every: SaveEveryOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    rope_scaling: RopeScalingOpt = None,
+    rope_factor: RopeFactorOpt = None,
+    rope_original_length: RopeOriginalOpt = None,
     profile: ProfileOpt = None,
     set_: SetOpt = None,
     dry_run: DryRunOpt = False,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Finetune a model (adapter or full weights) on instruction, chat, text or preference data.
+    """Finetune a model (adapter or full weights) on instruction, chat, text, preference data or prompts.
 
     Examples:
-        llmctl finetune --model smollm2-135m-instruct --method lora --data ../shared/data/alpaca/alpaca_2000.json --name smol-alpaca-lora
+        llmctl finetune --model smollm2-135m-instruct --method lora --data alpaca_2000.json --name smol-alpaca-lora
         llmctl finetune -m M --method qlora --data FILE --name N --profile qlora --set lora.r=32
         llmctl finetune -m M --objective dpo --data prefs.jsonl --method lora --name N
         llmctl finetune -m M --objective reward --data prefs.jsonl --name N
+        llmctl finetune -m M --method full --rope-scaling yarn --rope-factor 4 --seq-len 8192 --data long.jsonl --name N
+        torchrun --nproc_per_node 2 $(which llmctl) finetune -m M --method lora --data FILE --name N      # DDP
+        llmctl finetune -m M --objective ppo --reward-model RM --data prompts.jsonl --method lora --name N
+        llmctl finetune -m M --objective grpo --reward math_exact --data problems.jsonl --num-generations 8 --name N
     """
     from llmctl.errors import UsageError
     from llmctl.finetune import finetune as run_finetune
 
-    explicit = {"method": method, "objective": objective, "data.template": template, "data.packing": packing,
-                **train_overrides(max_steps=max_steps, epochs=epochs, lr=lr, batch_size=batch_size,
-                                  grad_accum=grad_accum, seq_len=seq_len, seed=seed, eval_every=eval_every,
-                                  save_every=save_every, device=device, dtype=dtype)}
-    config = resolve("finetune", profile, set_, explicit, dry_run, json_out)
+    config = resolve(ctx, "finetune", OPTIONS)
     if data is None:
-        raise UsageError("missing --data FILE (Alpaca JSON/JSONL, chat JSONL, text JSONL or preference JSONL)")
+        raise UsageError("missing --data FILE (Alpaca JSON/JSONL, chat JSONL, text JSONL, preference or prompts JSONL)")
     if not name:
         raise UsageError("missing --name for the result (a new registry name)")
 
     def on_log(line: str) -> None:
         err.print(line)
 
-    result = run_finetune(model, data, name, config, resume=resume, force=force, command=command_line(),
-                          on_log=on_log)
+    result = run_finetune(model, data, name, config, resume=resume, force=force, command=command_line(), on_log=on_log)
+    if not result.path:
+        return  # a process other than rank 0 under torchrun: rank 0 reports
     if json_out:
         emit_json(result.to_json())
     else:
         m = result.metrics
         ev = f", eval loss {m['eval_loss']:.4f}" if m.get("eval_loss") is not None else ""
         err.print(f"Registered {result.name} ({result.format}, {result.method}/{result.objective}) → {result.path}")
+        ev += f", eval reward {m['eval_reward']:.4f}" if m.get("eval_reward") is not None else ""
         err.print(f"train loss {m['train_loss']:.4f}{ev}; metrics and loss.png in {result.run_dir}")
         if result.format == "peft-adapter" and result.objective == "sft":
-            err.print(f"Try: llmctl generate --model {result.name} --prompt \"…\"   |   "
-                      f"llmctl merge-lora --adapter {result.name} --name {result.name}-merged")
+            err.print(
+                f'Try: llmctl generate --model {result.name} --prompt "…"   |   '
+                f"llmctl merge-lora --adapter {result.name} --name {result.name}-merged"
+            )

@@ -10,39 +10,112 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from llmctl.cli._common import (DeviceOpt, DryRunOpt, DtypeOpt, ForceOpt, JsonOpt, ProfileOpt, SetOpt,
-                                command_line, emit_json, err, resolve)
+from llmctl.cli._common import (
+    ROPE_OPTIONS,
+    DeviceOpt,
+    DryRunOpt,
+    DtypeOpt,
+    ForceOpt,
+    JsonOpt,
+    ProfileOpt,
+    RopeFactorOpt,
+    RopeOriginalOpt,
+    RopeScalingOpt,
+    SetOpt,
+    choice_option,
+    command_line,
+    emit_json,
+    err,
+    resolve,
+    schema_field,
+)
+
+# Option → profile key: every value given here is checked by llmctl/schemas/generate.py.
+OPTIONS = {
+    name: name
+    for name in (
+        "max_new_tokens",
+        "temperature",
+        "top_k",
+        "top_p",
+        "do_sample",
+        "num_beams",
+        "length_penalty",
+        "repetition_penalty",
+        "frequency_penalty",
+        "presence_penalty",
+        "stop",
+        "seed",
+        "num_return_sequences",
+        "chat",
+        "system",
+        "batch_size",
+        "dtype",
+        "device",
+        "backend",
+    )
+} | ROPE_OPTIONS
 
 
 def generate(
+    ctx: typer.Context,
     model: Annotated[str, typer.Option("--model", "-m", help="Registry name or model path.")] = "smollm2-135m-instruct",
-    prompt: Annotated[Optional[str], typer.Option("--prompt", help="The prompt (else --input, else stdin).")] = None,
-    input_file: Annotated[Optional[Path], typer.Option("--input", "-i", help="JSONL of {\"prompt\": …} or {\"messages\": […]} lines.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write batch results here as JSONL.")] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Tokens to generate at most.")] = None,
-    temperature: Annotated[Optional[float], typer.Option("--temperature", help="Sampling temperature (>= 0).")] = None,
-    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Sample from the k most likely tokens (0 = off).")] = None,
-    top_p: Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling mass in (0, 1].")] = None,
-    do_sample: Annotated[Optional[bool], typer.Option("--do-sample/--greedy", help="Sample, or decode greedily.")] = None,
-    num_beams: Annotated[Optional[int], typer.Option("--num-beams", help="Beam search width.")] = None,
-    length_penalty: Annotated[Optional[float], typer.Option("--length-penalty", help="Beam search length exponent.")] = None,
-    repetition_penalty: Annotated[Optional[float], typer.Option("--repetition-penalty", help="Penalty on repeated tokens (1 = off).")] = None,
-    frequency_penalty: Annotated[Optional[float], typer.Option("--frequency-penalty", help="Penalty per earlier occurrence, -2..2.")] = None,
-    presence_penalty: Annotated[Optional[float], typer.Option("--presence-penalty", help="Penalty once a token occurred, -2..2.")] = None,
-    stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Stop sequence, trimmed from the output (repeatable).")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed.")] = None,
-    num_return_sequences: Annotated[Optional[int], typer.Option("--num-return-sequences", "-n", help="Answers per prompt.")] = None,
-    chat: Annotated[Optional[bool], typer.Option("--chat/--no-chat", help="Apply the model's chat template (default: when it has one).")] = None,
-    system: Annotated[Optional[str], typer.Option("--system", help="System message for chat models.")] = None,
+    prompt: Annotated[str | None, typer.Option("--prompt", help="The prompt (else --input, else stdin).")] = None,
+    input_file: Annotated[
+        Path | None, typer.Option("--input", "-i", help='JSONL of {"prompt": …} or {"messages": […]} lines.')
+    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write batch results here as JSONL.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="Tokens to generate at most.")] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature", help="Sampling temperature (>= 0).")] = None,
+    top_k: Annotated[
+        int | None, typer.Option("--top-k", help="Sample from the k most likely tokens (0 = off).")
+    ] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling mass in (0, 1].")] = None,
+    do_sample: Annotated[bool | None, typer.Option("--do-sample/--greedy", help="Sample, or decode greedily.")] = None,
+    num_beams: Annotated[int | None, typer.Option("--num-beams", help="Beam search width.")] = None,
+    length_penalty: Annotated[
+        float | None, typer.Option("--length-penalty", help="Beam search length exponent.")
+    ] = None,
+    repetition_penalty: Annotated[
+        float | None, typer.Option("--repetition-penalty", help="Penalty on repeated tokens (1 = off).")
+    ] = None,
+    frequency_penalty: Annotated[
+        float | None, typer.Option("--frequency-penalty", help="Penalty per earlier occurrence, -2..2.")
+    ] = None,
+    presence_penalty: Annotated[
+        float | None, typer.Option("--presence-penalty", help="Penalty once a token occurred, -2..2.")
+    ] = None,
+    stop: Annotated[
+        list[str] | None, typer.Option("--stop", help="Stop sequence, trimmed from the output (repeatable).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed.")] = None,
+    num_return_sequences: Annotated[
+        int | None, typer.Option("--num-return-sequences", "-n", help="Answers per prompt.")
+    ] = None,
+    chat: Annotated[
+        bool | None,
+        typer.Option("--chat/--no-chat", help="Apply the model's chat template (default: when it has one)."),
+    ] = None,
+    system: Annotated[str | None, typer.Option("--system", help="System message for chat models.")] = None,
     stream: Annotated[bool, typer.Option("--stream", help="Print tokens as they come (single prompt).")] = False,
-    adapter: Annotated[Optional[str], typer.Option("--adapter", help="PEFT adapter (name or path) on top of the model.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Prompts per forward pass in batch mode.")] = None,
+    adapter: Annotated[
+        str | None, typer.Option("--adapter", help="PEFT adapter (name or path) on top of the model.")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Prompts per forward pass in batch mode.")
+    ] = None,
+    backend: Annotated[
+        str | None, choice_option("--backend", field=schema_field("generate", "backend"), help="Inference backend")
+    ] = None,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
+    rope_scaling: RopeScalingOpt = None,
+    rope_factor: RopeFactorOpt = None,
+    rope_original_length: RopeOriginalOpt = None,
     stats: Annotated[bool, typer.Option("--stats", help="Report prompt/new tokens and tokens/s on stderr.")] = False,
     profile: ProfileOpt = None,
     set_: SetOpt = None,
@@ -56,25 +129,18 @@ def generate(
         llmctl generate --model smollm2-135m-instruct --prompt "What is the capital of France?"
         llmctl generate -m M --input prompts.jsonl --output answers.jsonl --batch-size 8
         llmctl generate -m M --prompt "Once upon" --do-sample --temperature 0.8 --seed 1 --stream
+        llmctl generate -m M --input long-prompts.jsonl --rope-scaling dynamic --rope-factor 2
     """
     from llmctl.generate import generate as run_generate
     from llmctl.generate import read_prompts_jsonl, write_results_jsonl
-    from llmctl.paths import ensure_new
+    from llmctl.paths import check_output_path
     from llmctl.profiles import save_config
 
-    explicit = {
-        "max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
-        "do_sample": do_sample, "num_beams": num_beams, "length_penalty": length_penalty,
-        "repetition_penalty": repetition_penalty, "frequency_penalty": frequency_penalty,
-        "presence_penalty": presence_penalty, "stop": stop or None, "seed": seed,
-        "num_return_sequences": num_return_sequences, "chat": chat, "system": system,
-        "batch_size": batch_size, "dtype": dtype, "device": device,
-    }
-    config = resolve("generate", profile, set_, explicit, dry_run, json_out)
+    config = resolve(ctx, "generate", OPTIONS)
     if prompt is not None and input_file is not None:
         raise _usage("give either --prompt or --input, not both")
-    if output is not None:
-        ensure_new(output, force)
+    if output is not None:  # before the model loads: a bad path must not cost the whole generation
+        check_output_path(output, force, what="--output")
     if input_file is not None:
         items = read_prompts_jsonl(input_file)
     elif prompt is not None:
@@ -115,8 +181,10 @@ def generate(
                     sys.stdout.write(text + "\n")
     if stats:
         s = result.stats
-        err.print(f"prompt tokens {s['prompt_tokens']}, new tokens {s['new_tokens']}, "
-                  f"{s['seconds']} s, {s['tokens_per_s']} tokens/s on {s['device']}")
+        err.print(
+            f"prompt tokens {s['prompt_tokens']}, new tokens {s['new_tokens']}, "
+            f"{s['seconds']} s, {s['tokens_per_s']} tokens/s on {s['device']}, backend {s['backend']}"
+        )
 
 
 def _usage(message: str):

@@ -12,21 +12,21 @@ import sys
 from typing import Annotated
 
 import typer
-from typer._click import exceptions as click_exc  # Typer 0.29 vendors its own click
 from typer.core import TyperGroup
-from typer.exceptions import Abort, Exit
 
 from llmctl import __version__
-from llmctl.cli import _common
-from llmctl.cli import generate, models, profiles
+from llmctl.cli import _common, generate, models, profiles
+from llmctl.cli import eval as eval_cmd
+from llmctl.cli import export as export_cmd
 from llmctl.cli import finetune as finetune_cmd
 from llmctl.cli import merge_lora as merge_lora_cmd
-from llmctl.cli import eval as eval_cmd
-from llmctl.cli import quantize as quantize_cmd
-from llmctl.cli import prune as prune_cmd
-from llmctl.cli import tokenize as tokenize_cmd
 from llmctl.cli import pretrain as pretrain_cmd
-from llmctl.errors import LlmctlError
+from llmctl.cli import prune as prune_cmd
+from llmctl.cli import quantize as quantize_cmd
+from llmctl.cli import serve as serve_cmd
+from llmctl.cli import tokenize as tokenize_cmd
+from llmctl.errors import LlmctlError, first_line
+from llmctl.quiet import configure_library_logs
 
 
 class LlmctlGroup(TyperGroup):
@@ -36,26 +36,20 @@ class LlmctlGroup(TyperGroup):
         args = list(sys.argv[1:] if args is None else args)
         _common.remember_args(args)
         debug = "--debug" in args or os.environ.get("LLMCTL_DEBUG", "") in ("1", "true")
+        configure_library_logs(verbose=debug or os.environ.get("LOGLEVEL", "").upper() in ("INFO", "DEBUG"))
         try:
             rv = super().main(args, prog_name or "llmctl", complete_var, standalone_mode=False, **extra)
-        except Exit as exc:
+        except typer.Exit as exc:
             sys.exit(exc.exit_code)
-        except click_exc.NoArgsIsHelpError as exc:
-            sys.stdout.write(exc.format_message() + "\n")  # a bare group shows its help
-            sys.exit(0)
-        except click_exc.UsageError as exc:
+        except typer.TyperException as exc:  # every click error Typer raises: usage (2), bad file (1), …
+            if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group shows its help (no public class)
+                sys.stdout.write(exc.format_message() + "\n")
+                sys.exit(0)
             if debug:
                 raise
-            ctx = exc.ctx
-            where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-            sys.stderr.write(f"Error: {exc.format_message().rstrip('.')}{where}\n")
-            sys.exit(2)
-        except click_exc.ClickException as exc:
-            if debug:
-                raise
-            sys.stderr.write(f"Error: {exc.format_message()}\n")
+            sys.stderr.write(f"Error: {_click_line(exc)}\n")
             sys.exit(exc.exit_code)
-        except Abort:
+        except typer.Abort:
             sys.stderr.write("Error: aborted\n")
             sys.exit(1)
         except KeyboardInterrupt:
@@ -64,18 +58,30 @@ class LlmctlGroup(TyperGroup):
         except LlmctlError as exc:
             if debug:
                 raise
-            sys.stderr.write(f"Error: {exc.one_line()}\n")
+            sys.stderr.write(f"Error: {exc.one_line() or type(exc).__name__}\n")
             sys.exit(exc.exit_code)
         except Exception as exc:  # the one boundary: unexpected failures still get one line
             if debug:
                 raise
-            text = str(exc).strip().splitlines()
-            sys.stderr.write(f"Error: {type(exc).__name__}: {text[0] if text else ''} "
-                             f"(run with --debug for the traceback)\n")
+            text = first_line(exc)
+            what = type(exc).__name__ if text == type(exc).__name__ else f"{type(exc).__name__}: {text}"
+            sys.stderr.write(f"Error: {what} (run with --debug for the traceback)\n")
             sys.exit(1)
         if isinstance(rv, int) and rv:
             sys.exit(rv)
         return rv
+
+
+def _click_line(exc: typer.TyperException) -> str:
+    """A click error as one line; usage errors point at the command's --help."""
+    message = exc.format_message().strip()
+    text = first_line(Exception(message)).rstrip(".") if message else type(exc).__name__
+    if "unexpected extra argument" in text and "=" in text:  # `--set a=1 b=2`: one key per --set
+        text += "; give each key its own --set: --set a=1 --set b=2"
+    ctx = getattr(exc, "ctx", None)
+    if exc.exit_code == 2 and ctx is not None:
+        text += f" (see `{ctx.command_path} --help`)"
+    return text
 
 
 app = typer.Typer(
@@ -84,7 +90,7 @@ app = typer.Typer(
     help="One command-line toolkit for the whole life of a language model.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -98,8 +104,9 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """One command-line toolkit for the whole life of a language model.
 
@@ -115,9 +122,11 @@ app.command("finetune")(finetune_cmd.finetune)
 app.command("merge-lora")(merge_lora_cmd.merge_lora)
 app.command("quantize")(quantize_cmd.quantize)
 app.command("prune")(prune_cmd.prune)
+app.command("export")(export_cmd.export)
 app.add_typer(eval_cmd.app, name="eval")
 app.add_typer(tokenize_cmd.app, name="tokenize")
 app.command("pretrain")(pretrain_cmd.pretrain)
+app.command("serve")(serve_cmd.serve)
 
 
 def run() -> None:

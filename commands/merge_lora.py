@@ -7,19 +7,44 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from llmctl.cli._common import DryRunOpt, ForceOpt, JsonOpt, ProfileOpt, SetOpt, command_line, emit_json, err, resolve
+from llmctl.cli._common import (
+    DryRunOpt,
+    ForceOpt,
+    JsonOpt,
+    ProfileOpt,
+    SetOpt,
+    choice_option,
+    command_line,
+    emit_json,
+    err,
+    resolve,
+    schema_field,
+)
+
+# Option → profile key: every value given here is checked by llmctl/schemas/merge_lora.py.
+OPTIONS = {"dtype": "dtype", "requantize": "requantize"}
 
 
 def merge_lora(
+    ctx: typer.Context,
     adapter: Annotated[str, typer.Option("--adapter", "-a", help="Adapter: registry name or adapter folder.")],
-    name: Annotated[Optional[str], typer.Option("--name", "-n", help="Registry name of the merged model.")] = None,
-    base: Annotated[Optional[str], typer.Option("--base", help="Base model (default: the adapter's recorded parent).")] = None,
-    dtype: Annotated[Optional[str], typer.Option("--dtype", help="Saved weights dtype: fp32, bf16 or fp16.")] = None,
-    requantize: Annotated[Optional[str], typer.Option("--requantize", help="Re-quantize the merged model: nf4 or fp4.")] = None,
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Registry name of the merged model.")] = None,
+    base: Annotated[
+        str | None, typer.Option("--base", help="Base model (default: the adapter's recorded parent).")
+    ] = None,
+    dtype: Annotated[
+        str | None, choice_option("--dtype", field=schema_field("merge-lora", "dtype"), help="Saved weights dtype")
+    ] = None,
+    requantize: Annotated[
+        str | None,
+        choice_option(
+            "--requantize", field=schema_field("merge-lora", "requantize"), help="Re-quantize the merged model"
+        ),
+    ] = None,
     profile: ProfileOpt = None,
     set_: SetOpt = None,
     dry_run: DryRunOpt = False,
@@ -34,7 +59,7 @@ def merge_lora(
     """
     from llmctl.merge import merge_lora as run_merge
 
-    config = resolve("merge-lora", profile, set_, {"dtype": dtype, "requantize": requantize}, dry_run, json_out)
+    config = resolve(ctx, "merge-lora", OPTIONS)
     result = run_merge(adapter, name, config, base=base, force=force, command=command_line())
     if json_out:
         emit_json(result)
@@ -43,5 +68,7 @@ def merge_lora(
     else:
         diff = result.get("max_abs_logit_diff")
         check = f"; logits vs base+adapter: max abs diff {diff:.2e}" if diff is not None else ""
-        err.print(f"Merged {result['adapter']} into {result['base']} → {result['name']} "
-                  f"({result['format']}, {result['dtype']}){check}")
+        err.print(
+            f"Merged {result['adapter']} into {result['base']} → {result['name']} "
+            f"({result['format']}, {result['dtype']}){check}"
+        )

@@ -10,7 +10,7 @@ Examples:
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -60,11 +60,14 @@ def show(name: Annotated[str, typer.Argument(help="Registry name.")], json_out: 
     reg = Registry()
     entry = reg.get(name)
     children = reg.children(name)
+    file = _gguf_file(entry)
     if json_out:
-        emit_json({**entry.to_json(), "children": children})
+        emit_json({**entry.to_json(), "children": children, **({"file": file} if file else {})})
         return
     out.print(f"[bold]{entry.name}[/bold]  ({entry.format})")
     out.print(f"path:     {entry.path}{'' if entry.managed else '  (registered in place)'}")
+    if file:
+        out.print(f"file:     {file}")
     out.print(f"created:  {_when(entry.created)}")
     out.print(f"parents:  {', '.join(entry.parents) or '-'}")
     out.print(f"children: {', '.join(children) or '-'}")
@@ -83,10 +86,30 @@ def show(name: Annotated[str, typer.Argument(help="Registry name.")], json_out: 
         out.print(dump_config(entry.profile).rstrip(), markup=False)
 
 
+def _gguf_file(entry) -> str | None:
+    """The .gguf file of a `gguf` entry (the file llama.cpp and Ollama take), when it is there."""
+    from pathlib import Path
+
+    from llmctl import formats
+    from llmctl.errors import LlmctlError
+
+    if entry.format != "gguf" or not Path(entry.path).exists():
+        return None
+    try:
+        return str(formats.gguf_file(Path(entry.path)))
+    except LlmctlError:
+        return None
+
+
 @app.command("import")
 def import_(
-    src: Annotated[str, typer.Argument(help="HF model folder, PEFT adapter folder, .gguf file, or 'smollm2-135m-instruct' (the built-in default).")],
-    name: Annotated[Optional[str], typer.Option("--name", "-n", help="Registry name (default: from SRC).")] = None,
+    src: Annotated[
+        str,
+        typer.Argument(
+            help="HF model folder, PEFT adapter folder, .gguf file, or 'smollm2-135m-instruct' (the built-in default)."
+        ),
+    ],
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Registry name (default: from SRC).")] = None,
     link: Annotated[bool, typer.Option("--link", help="Register the folder in place instead of copying it.")] = False,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
@@ -112,7 +135,9 @@ def import_(
 @app.command("remove")
 def remove(
     name: Annotated[str, typer.Argument(help="Registry name.")],
-    delete_files: Annotated[bool, typer.Option("--delete-files", help="Also delete the model's folder (llmctl-managed folders only).")] = False,
+    delete_files: Annotated[
+        bool, typer.Option("--delete-files", help="Also delete the model's folder (llmctl-managed folders only).")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Remove a model from the registry (its files stay unless --delete-files).
@@ -120,14 +145,11 @@ def remove(
     Examples:
         llmctl models remove old-run --delete-files
     """
-    from pathlib import Path
-
     from llmctl.registry import Registry
 
     reg = Registry()
     children = reg.children(name)
-    entry = reg.remove(name, delete_files=delete_files)
-    deleted = delete_files and entry.managed and not Path(entry.path).exists()
+    entry, deleted = reg.remove(name, delete_files=delete_files)
     if json_out:
         emit_json({"removed": entry.name, "path": entry.path, "files_deleted": deleted, "children": children})
         return
@@ -135,5 +157,47 @@ def remove(
     err.print(f"Removed [bold]{entry.name}[/bold] {what}")
     if delete_files and not entry.managed:
         err.print("Files were registered in place (--link), so llmctl left them alone.")
+    elif delete_files and not deleted:
+        err.print(
+            f"{entry.path} was a link to files outside the registry: llmctl removed the link, not the "
+            f"files it points to (delete those yourself if you mean to)."
+        )
     if children:
         err.print(f"Note: {', '.join(children)} list it as a parent.")
+
+
+@app.command("doctor")
+def doctor(
+    fix: Annotated[
+        bool,
+        typer.Option(
+            "--fix",
+            help="Back up and rebuild the index from the model folders, rewrite stale markers, "
+            "remove leftovers of killed runs.",
+        ),
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Check every registry entry (files, marker, weights, parents); --fix repairs the index.
+
+    Examples:
+        llmctl models doctor
+        llmctl models doctor --fix --json
+    """
+    from llmctl.doctor import doctor as run_doctor
+
+    report = run_doctor(fix=fix)
+    if json_out:
+        emit_json(report)
+    else:
+        for p in report["problems"]:
+            mark = "[green]fixed[/green]" if p["fixed"] else "[yellow]problem[/yellow]"
+            err.print(f"{mark} {p['where']}: {p['problem']} ({p['fix']})")
+        if report.get("backup"):
+            err.print(f"The old index is kept at {report['backup']}.")
+        err.print(
+            f"{report['entries']} entries; "
+            + ("no problems." if not report["problems"] else "all fixed." if report["ok"] else "problems remain.")
+        )
+    if not report["ok"]:
+        raise typer.Exit(1)

@@ -9,19 +9,49 @@ Examples:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from llmctl.cli._common import (BatchSizeOpt, DeviceOpt, DryRunOpt, DtypeOpt, EpochsOpt, EvalEveryOpt, ForceOpt,
-                                GradAccumOpt, JsonOpt, LrOpt, MaxStepsOpt, ProfileOpt, SaveEveryOpt, SeedOpt,
-                                SeqLenOpt, SetOpt, command_line, emit_json, err, resolve, train_overrides)
+from llmctl.cli._common import (
+    ROPE_OPTIONS,
+    TRAIN_OPTIONS,
+    BatchSizeOpt,
+    DeviceOpt,
+    DryRunOpt,
+    DtypeOpt,
+    EpochsOpt,
+    EvalEveryOpt,
+    ForceOpt,
+    GradAccumOpt,
+    JsonOpt,
+    LrOpt,
+    MaxStepsOpt,
+    ProfileOpt,
+    RopeFactorOpt,
+    RopeOriginalOpt,
+    RopeScalingOpt,
+    SaveEveryOpt,
+    SeedOpt,
+    SeqLenOpt,
+    SetOpt,
+    command_line,
+    emit_json,
+    err,
+    resolve,
+)
 
 
 def pretrain(
+    ctx: typer.Context,
     data: Annotated[Path, typer.Option("--data", "-d", help="Tokenized data dir (from `llmctl tokenize encode`).")],
-    name: Annotated[str, typer.Option("--name", "-n", help="Registry name of the trained model (run dir: $LLMCTL_HOME/runs/NAME).")],
-    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="Tokenizer (name or folder); must be the one the data was encoded with.")] = None,
+    name: Annotated[
+        str, typer.Option("--name", "-n", help="Registry name of the trained model (run dir: $LLMCTL_HOME/runs/NAME).")
+    ],
+    tokenizer: Annotated[
+        str | None,
+        typer.Option("--tokenizer", help="Tokenizer (name or folder); must be the one the data was encoded with."),
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run NAME from its latest checkpoint.")] = False,
     max_steps: MaxStepsOpt = None,
     epochs: EpochsOpt = None,
@@ -34,6 +64,9 @@ def pretrain(
     save_every: SaveEveryOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    rope_scaling: RopeScalingOpt = None,
+    rope_factor: RopeFactorOpt = None,
+    rope_original_length: RopeOriginalOpt = None,
     profile: ProfileOpt = None,
     set_: SetOpt = None,
     dry_run: DryRunOpt = False,
@@ -50,22 +83,35 @@ def pretrain(
     """
     from llmctl.pretrain import pretrain as run_pretrain
 
-    explicit = train_overrides(max_steps=max_steps, epochs=epochs, lr=lr, batch_size=batch_size,
-                               grad_accum=grad_accum, seq_len=seq_len, seed=seed, eval_every=eval_every,
-                               save_every=save_every, device=device, dtype=dtype)
-    config = resolve("pretrain", profile, set_, explicit, dry_run, json_out)
-    result = run_pretrain(data, name, config, tokenizer=tokenizer, resume=resume, force=force,
-                          command=command_line(), on_log=None if json_out else _print_log)
+    config = resolve(ctx, "pretrain", TRAIN_OPTIONS | ROPE_OPTIONS)
+    result = run_pretrain(
+        data,
+        name,
+        config,
+        tokenizer=tokenizer,
+        resume=resume,
+        force=force,
+        command=command_line(),
+        on_log=None if json_out else _print_log,
+    )
     if result.get("model_path") is None:
         return  # a non-zero rank under torchrun: rank 0 reports
     if json_out:
         emit_json(result)
         return
     final = result["final"]
-    val = (f", val loss {final['val_loss']:.4f}, ppl {final['val_ppl']:.2f}"
-           + (f", {final['val_bpb']:.4f} bits/byte" if "val_bpb" in final else "")) if final else ""
-    err.print(f"Trained {result['name']}: {result['steps']} steps, {result['tokens_trained']:,} tokens in "
-              f"{result['seconds']} s{val}")
+    val = (
+        (
+            f", val loss {final['val_loss']:.4f}, ppl {final['val_ppl']:.2f}"
+            + (f", {final['val_bpb']:.4f} bits/byte" if "val_bpb" in final else "")
+        )
+        if final
+        else ""
+    )
+    err.print(
+        f"Trained {result['name']}: {result['steps']} steps, {result['tokens_trained']:,} tokens in "
+        f"{result['seconds']} s{val}"
+    )
     err.print(f"Registered {result['name']} at {result['model_path']}; run dir {result['run_dir']}")
 
 
@@ -74,12 +120,16 @@ def _print_log(row: dict) -> None:
     if event == "start":
         where = f" x{row['world']} ({row['strategy']})" if row["world"] > 1 else ""
         resumed = f", resuming at step {row['resumed_from']}" if row["resumed_from"] is not None else ""
-        err.print(f"Training {row['params'] / 1e6:.2f}M parameters on {row['device']}{where} ({row['dtype']}), "
-                  f"{row['max_steps']} steps of "
-                  f"{row['tokens_per_step']:,} tokens{resumed}; run dir {row['run_dir']}")
+        err.print(
+            f"Training {row['params'] / 1e6:.2f}M parameters on {row['device']}{where} ({row['dtype']}), "
+            f"{row['max_steps']} steps of "
+            f"{row['tokens_per_step']:,} tokens{resumed}; run dir {row['run_dir']}"
+        )
     elif event == "rollback":
-        err.print(f"[yellow]loss spike {row['spike_loss']:.3f}: rolled back to step {row['step']}, "
-                  f"LR x{row['lr_scale']:g} (rollback {row['rollbacks']})[/yellow]")
+        err.print(
+            f"[yellow]loss spike {row['spike_loss']:.3f}: rolled back to step {row['step']}, "
+            f"LR x{row['lr_scale']:g} (rollback {row['rollbacks']})[/yellow]"
+        )
     elif event == "spike":
         err.print(f"[yellow]loss spike {row['loss']:.3f} at step {row['step']}: {row['note']}[/yellow]")
     elif "val_loss" in row:
@@ -87,5 +137,6 @@ def _print_log(row: dict) -> None:
         err.print(f"step {row['step']}: val loss {row['val_loss']:.4f}, ppl {row['val_ppl']:.2f}{bpb}")
     elif "loss" in row:
         mfu = f", MFU {row['mfu']:.1%}" if "mfu" in row else ""
-        err.print(f"step {row['step']}: loss {row['loss']:.4f}, lr {row['lr']:.2e}, "
-                  f"{row['tokens_per_s']:,.0f} tokens/s{mfu}")
+        err.print(
+            f"step {row['step']}: loss {row['loss']:.4f}, lr {row['lr']:.2e}, {row['tokens_per_s']:,.0f} tokens/s{mfu}"
+        )

@@ -7,7 +7,7 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.syntax import Syntax
@@ -18,9 +18,18 @@ from llmctl.cli._common import JsonOpt, emit_json, out
 app = typer.Typer(help="List and show profiles (YAML settings per command).", no_args_is_help=True)
 
 
+def _complete_command(incomplete: str) -> list[str]:
+    from llmctl.profiles import profile_commands
+
+    return [c for c in profile_commands() if c.startswith(incomplete)]
+
+
 @app.command("list")
 def list_(
-    command: Annotated[Optional[str], typer.Option("--command", "-c", help="Only this command's profiles.")] = None,
+    command: Annotated[
+        str | None,
+        typer.Option("--command", "-c", help="Only this command's profiles.", autocompletion=_complete_command),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """List profiles: command, name, source and what each is for.
@@ -28,12 +37,22 @@ def list_(
     Examples:
         llmctl profiles list --command generate
     """
-    from llmctl.profiles import list_profiles
+    from llmctl.profiles import check_command, list_profiles
 
-    found = list_profiles(command)
+    found = list_profiles(check_command(command) if command is not None else None)
     if json_out:
-        emit_json([{"command": p.command, "name": p.name, "path": str(p.path), "source": p.source,
-                    "description": p.description} for p in found])
+        emit_json(
+            [
+                {
+                    "command": p.command,
+                    "name": p.name,
+                    "path": str(p.path),
+                    "source": p.source,
+                    "description": p.description,
+                }
+                for p in found
+            ]
+        )
         return
     table = Table("command", "name", "source", "description")
     for p in found:
@@ -44,7 +63,9 @@ def list_(
 @app.command("show")
 def show(
     name: Annotated[str, typer.Argument(help="NAME, COMMAND/NAME or a path to a YAML file.")],
-    defaults: Annotated[bool, typer.Option("--defaults", help="Also print every key of the command with its meaning, type and default.")] = False,
+    defaults: Annotated[
+        bool, typer.Option("--defaults", help="Also print every key of the command with its meaning, type and default.")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Show a profile file, validated against its command's schema.

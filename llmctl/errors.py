@@ -47,3 +47,16 @@ class GateFailed(LlmctlError):
     """
 
     exit_code = 3
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's text, else its type name (never raises).
+
+    Examples:
+        first_line(ValueError(""))          # "ValueError"
+        first_line(OSError("disk\nfull"))   # "disk"
+    """
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__

@@ -1,10 +1,7 @@
 """Finetuning data: read, detect the format, render with a template, tokenize with response-only labels, pack.
 
-Formats (auto-detected from the fields of the records):
-    alpaca      {"instruction", "input"?, "output"}
-    chat        {"messages": [{"role", "content"}, ...]}
-    text        {"text"}
-    preference  {"prompt", "chosen", "rejected"}
+Layouts (alpaca, chat, text, preference, completion) are detected from the records' fields by the
+one table in llmctl/layouts.py; reading and its error messages are llmctl/records.py's.
 
 Examples:
     records, kind = read_records(Path("alpaca_2000.json"))
@@ -15,7 +12,6 @@ Examples:
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,19 +20,15 @@ from llmctl.errors import LlmctlError
 
 IGNORE = -100
 
-FIELD_SETS = {
-    "alpaca": ("instruction", "output"),
-    "chat": ("messages",),
-    "text": ("text",),
-    "preference": ("prompt", "chosen", "rejected"),
-}
-_KNOWN = "alpaca (instruction, input, output), chat (messages), text (text), preference (prompt, chosen, rejected)"
-
-ALPACA_PROMPT = ("Below is an instruction that describes a task. Write a response that appropriately completes "
-                 "the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
-ALPACA_PROMPT_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further "
-                       "context. Write a response that appropriately completes the request.\n\n"
-                       "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+ALPACA_PROMPT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes "
+    "the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+)
+ALPACA_PROMPT_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further "
+    "context. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
 
 
 @dataclass
@@ -77,49 +69,28 @@ class DataStats:
         return {k: v for k, v in self.__dict__.items() if k != "extra"} | self.extra
 
 
-def read_records(path: Path, kind: str = "auto") -> tuple[list[dict], str]:
-    """Read a JSON array or JSONL file and detect (or check) its format."""
-    path = Path(path)
-    if not path.is_file():
-        raise LlmctlError(f"data file {path} not found", hint="check the --data path")
-    text = path.read_text(encoding="utf-8")
-    records: list = []
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise LlmctlError(f"data file {path} is not valid JSON ({exc.msg} at line {exc.lineno})",
-                              hint="give a JSON array or one JSON object per line") from exc
-    else:
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise LlmctlError(f"data file {path} line {n} is not valid JSON ({exc.msg})",
-                                  hint="give a JSON array or one JSON object per line") from exc
-    records = [r for r in records if isinstance(r, dict)]
-    if not records:
-        raise LlmctlError(f"data file {path} has no records", hint="give a JSON array or JSONL of objects")
-    detected = detect_kind(records, path)
-    if kind not in ("auto", detected):
-        raise LlmctlError(f"data file {path} looks like {detected!r} data, not {kind!r}",
-                          hint=f"set data.format to auto or {detected}")
-    return records, detected
+def read_records(path: Path, kind: str = "auto", uses: tuple[str, ...] | None = None) -> tuple[list[dict], str]:
+    """Read a JSONL, JSON or Parquet data file; detect (or check) its layout (llmctl/layouts.py).
+
+    Every record is checked against the layout of the first one and returned under the layout's
+    canonical field names (a {prompt, output} record becomes {prompt, completion}). `uses` says what the
+    objective trains on (a layout serving it is preferred when the record fits one).
+
+    Examples:
+        records, kind = read_records(Path("alpaca_2000.json"))     # kind == "alpaca"
+    """
+    from llmctl.layouts import read_dataset
+
+    records, layout = read_dataset(Path(path), kind, what="data file", option="--data", uses=uses)
+    return records, layout.name
 
 
 def detect_kind(records: list[dict], path: Path | str = "data") -> str:
-    """The format whose fields the first record has; an error names the fields found."""
-    first = records[0]
-    for kind, keys in (("preference", FIELD_SETS["preference"]), ("chat", FIELD_SETS["chat"]),
-                       ("alpaca", FIELD_SETS["alpaca"]), ("text", FIELD_SETS["text"])):
-        if all(k in first for k in keys):
-            return kind
-    found = ", ".join(sorted(first)) or "none"
-    raise LlmctlError(f"data file {path} has none of the known field sets (found: {found})",
-                      hint=f"use one of: {_KNOWN}")
+    """The layout name of the first record; an error names the fields found and the known layouts."""
+    from llmctl.layouts import detect
+    from llmctl.records import DataFile
+
+    return detect(records[0], source=DataFile(path, what="data file"), where="record 1").name
 
 
 def resolve_template(template: str, tokenizer) -> str:
@@ -128,8 +99,10 @@ def resolve_template(template: str, tokenizer) -> str:
     if template == "auto":
         return "model" if has else "alpaca"
     if template == "model" and not has:
-        raise LlmctlError("data.template is 'model' but this model's tokenizer has no chat template",
-                          hint="use data.template=chatml or alpaca")
+        raise LlmctlError(
+            "data.template is 'model' but this model's tokenizer has no chat template",
+            hint="use data.template=chatml or alpaca",
+        )
     return template
 
 
@@ -147,29 +120,40 @@ def _chatml(messages: list[dict], add_generation_prompt: bool) -> str:
 def segments(record: dict, kind: str, template: str, tokenizer) -> list[tuple[str, bool]]:
     """The record as (text, trained) pieces in order: prompts untrained, responses trained."""
     eos = tokenizer.eos_token or ""
+    if kind == "completion":  # a prompt and its answer: trained like an instruction without input
+        record, kind = {"instruction": record["prompt"], "output": record.get("completion") or ""}, "alpaca"
     if kind == "text":
         return [(str(record["text"]) + eos, True)] if str(record["text"]).strip() else []
     if kind == "alpaca":
         if not str(record["output"] or "").strip():
             return []
-        messages = [{"role": "user", "content": str(record["instruction"]) + (
-            "\n\n" + str(record["input"]) if record.get("input") and template != "alpaca" else "")},
-                    {"role": "assistant", "content": str(record["output"])}]
+        messages = [
+            {
+                "role": "user",
+                "content": str(record["instruction"])
+                + ("\n\n" + str(record["input"]) if record.get("input") and template != "alpaca" else ""),
+            },
+            {"role": "assistant", "content": str(record["output"])},
+        ]
         if template == "alpaca":
-            return [(_alpaca_prompt(str(record["instruction"]), str(record.get("input") or "")), False),
-                    (str(record["output"]) + eos, True)]
+            return [
+                (_alpaca_prompt(str(record["instruction"]), str(record.get("input") or "")), False),
+                (str(record["output"]) + eos, True),
+            ]
     elif kind == "chat":
+        from llmctl.layouts import messages_problem
+
         messages = record["messages"]
-        if not (isinstance(messages, list) and messages and all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in messages)):
-            raise LlmctlError("a chat record's \"messages\" is not a list of {role, content}",
-                              hint="each message needs string \"role\" and \"content\"")
+        problem = messages_problem(messages)
+        if problem:
+            raise LlmctlError(f"a chat record's {problem}", hint='each message needs string "role" and "content"')
         if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
             return []
     else:
-        raise LlmctlError(f"{kind!r} data cannot be used for supervised finetuning",
-                          hint="use --objective dpo or reward for preference data")
+        raise LlmctlError(
+            f"{kind!r} data cannot be used for supervised finetuning",
+            hint="use --objective dpo or reward for preference data",
+        )
     if template == "alpaca":
         out, history = [], ""
         for m in messages:
@@ -179,18 +163,23 @@ def segments(record: dict, kind: str, template: str, tokenizer) -> list[tuple[st
             else:
                 history += m["content"] + "\n\n"
         return out
-    render = (lambda msgs, gen: _chatml(msgs, gen)) if template == "chatml" else (
-        lambda msgs, gen: tokenizer.apply_chat_template(msgs, add_generation_prompt=gen, tokenize=False))
+    render = (
+        (lambda msgs, gen: _chatml(msgs, gen))
+        if template == "chatml"
+        else (lambda msgs, gen: tokenizer.apply_chat_template(msgs, add_generation_prompt=gen, tokenize=False))
+    )
     out, done = [], ""
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
         prompt = render(messages[:i], True) if i else ""
-        full = render(messages[:i + 1], False)
+        full = render(messages[: i + 1], False)
         if not prompt.startswith(done) or not full.startswith(prompt):
-            raise LlmctlError("the chat template does not render conversations as growing prefixes",
-                              hint="use data.template=chatml or alpaca")
-        out += [(prompt[len(done):], False), (full[len(prompt):], True)]
+            raise LlmctlError(
+                "the chat template does not render conversations as growing prefixes",
+                hint="use data.template=chatml or alpaca",
+            )
+        out += [(prompt[len(done) :], False), (full[len(prompt) :], True)]
         done = full
     return [(t, trained) for t, trained in out if t]
 
@@ -199,7 +188,9 @@ def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def tokenize_sft(records: list[dict], kind: str, tokenizer, template: str, max_len: int) -> tuple[list[Example], DataStats]:
+def tokenize_sft(
+    records: list[dict], kind: str, tokenizer, template: str, max_len: int
+) -> tuple[list[Example], DataStats]:
     """Tokenize records into examples with labels only on response tokens; truncate to max_len."""
     stats = DataStats(records=len(records))
     template = resolve_template(template, tokenizer)
@@ -216,42 +207,62 @@ def tokenize_sft(records: list[dict], kind: str, tokenizer, template: str, max_l
             labels += piece if trained else [IGNORE] * len(piece)
         if first_prompt is not None:
             stats.longest_prompt = max(stats.longest_prompt, first_prompt)
-        if not any(l != IGNORE for l in labels[1:]):
+        if not any(lab != IGNORE for lab in labels[1:]):
             stats.dropped_empty += 1
             continue
         if len(ids) > max_len:
             ids, labels = ids[:max_len], labels[:max_len]
-            if not any(l != IGNORE for l in labels[1:]):
+            if not any(lab != IGNORE for lab in labels[1:]):
                 stats.dropped_prompt_too_long += 1
                 continue
             stats.truncated += 1
         out.append(Example(ids, labels))
         stats.tokens += len(ids)
-        stats.response_tokens += sum(1 for l in labels[1:] if l != IGNORE)
+        stats.response_tokens += sum(1 for lab in labels[1:] if lab != IGNORE)
     stats.kept = len(out)
     stats.extra["template"] = template
     if not out:
         if stats.dropped_prompt_too_long:
-            raise LlmctlError(f"every example's prompt is at least the max length {max_len} tokens "
-                              f"(longest prompt {stats.longest_prompt} tokens), nothing left to train on",
-                              hint="raise --seq-len or shorten the prompts")
-        raise LlmctlError("the dataset is empty after filtering (no example has response tokens)",
-                          hint="check the data has non-empty responses")
+            raise LlmctlError(
+                f"every example's prompt is at least the max length {max_len} tokens "
+                f"(longest prompt {stats.longest_prompt} tokens), nothing left to train on",
+                hint="raise --seq-len or shorten the prompts",
+            )
+        raise LlmctlError(
+            "the dataset is empty after filtering (no example has response tokens)",
+            hint="check the data has non-empty responses",
+        )
     return out, stats
 
 
+def render_prompt(prompt, template: str, tokenizer) -> tuple[str, str]:
+    """(the prompt through the template, what follows a response: eos / end of turn) for a string prompt or a
+    list of chat messages (the conversation before the reply); `template` is resolved (not auto).
+
+    Examples:
+        render_prompt("2+2?", "chatml", tok)
+        # ("<|im_start|>user\\n2+2?<|im_end|>\\n<|im_start|>assistant\\n", "<|im_end|>\\n")
+    """
+    if isinstance(prompt, list):
+        segs = segments({"messages": [*prompt, {"role": "assistant", "content": "\0"}]}, "chat", template, tokenizer)
+    else:
+        segs = segments({"instruction": prompt, "output": "\0"}, "alpaca", template, tokenizer)
+    return "".join(text for text, _ in segs[:-1]), segs[-1][0].split("\0", 1)[1]
+
+
 def tokenize_pref(records: list[dict], tokenizer, template: str, max_len: int) -> tuple[list[PrefExample], DataStats]:
-    """Tokenize preference pairs; the prompt goes through the template, responses end with eos."""
+    """Tokenize preference pairs; the prompt (text or chat messages) goes through the template, responses end with
+    eos (or the template's end of turn)."""
     stats = DataStats(records=len(records))
     template = resolve_template(template, tokenizer)
     out: list[PrefExample] = []
     for r in records:
-        if not all(isinstance(r.get(k), str) for k in ("prompt", "chosen", "rejected")):
+        if not isinstance(r.get("prompt"), (str, list)) or not all(
+            isinstance(r.get(k), str) for k in ("chosen", "rejected")
+        ):
             stats.dropped_empty += 1
             continue
-        segs = segments({"instruction": r["prompt"], "output": "\0"}, "alpaca", template, tokenizer)
-        prompt_text = segs[0][0]
-        tail = segs[1][0].split("\0", 1)[1]  # what follows a response (eos / end-of-turn)
+        prompt_text, tail = render_prompt(r["prompt"], template, tokenizer)
         prompt = _encode(tokenizer, prompt_text)
         chosen = _encode(tokenizer, r["chosen"] + tail)
         rejected = _encode(tokenizer, r["rejected"] + tail)
@@ -273,11 +284,14 @@ def tokenize_pref(records: list[dict], tokenizer, template: str, max_len: int) -
     stats.extra["template"] = template
     if not out:
         if stats.dropped_prompt_too_long:
-            raise LlmctlError(f"every pair's prompt is longer than the max length {max_len} tokens "
-                              f"(longest prompt {stats.longest_prompt} tokens)",
-                              hint="raise --seq-len or shorten the prompts")
-        raise LlmctlError("the preference dataset is empty after filtering",
-                          hint="each line needs string prompt, chosen and rejected")
+            raise LlmctlError(
+                f"every pair's prompt is longer than the max length {max_len} tokens "
+                f"(longest prompt {stats.longest_prompt} tokens)",
+                hint="raise --seq-len or shorten the prompts",
+            )
+        raise LlmctlError(
+            "the preference dataset is empty after filtering", hint="each line needs string prompt, chosen and rejected"
+        )
     return out, stats
 
 
@@ -288,7 +302,7 @@ def split_eval(items: list, eval_split: float) -> tuple[list, list]:
     k = max(0, min(k, n - 1))
     if eval_split > 0 and k == 0 and n >= 2:
         k = 1
-    return (items[:n - k], items[n - k:]) if k else (items, [])
+    return (items[: n - k], items[n - k :]) if k else (items, [])
 
 
 def pack(examples: list[Example], max_len: int, seed: int | None) -> list[list[int]]:
@@ -336,12 +350,12 @@ def collate(rows: list[list[Example]], pad_id: int, packed: bool):
         at = 0
         for k, ex in enumerate(row):
             n = len(ex)
-            ids[r, at:at + n] = torch.tensor(ex.ids)
+            ids[r, at : at + n] = torch.tensor(ex.ids)
             lab = torch.tensor(ex.labels)
             lab[0] = IGNORE  # the first token of an example is never predicted from the previous one
-            labels[r, at:at + n] = lab
-            pos[r, at:at + n] = torch.arange(n)
-            seg[r, at:at + n] = k
+            labels[r, at : at + n] = lab
+            pos[r, at : at + n] = torch.arange(n)
+            seg[r, at : at + n] = k
             at += n
     batch = {"input_ids": ids, "labels": labels, "tokens": int((seg >= 0).sum())}
     if packed:

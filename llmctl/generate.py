@@ -9,11 +9,22 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from llmctl.errors import LlmctlError
+from llmctl.inference.prompts import prompt_texts, trim_at_stop
+from llmctl.inference.sampling import penalty_processor
+
+__all__ = [
+    "GenerateResult",
+    "generate",
+    "generation_kwargs",
+    "read_prompts_jsonl",
+    "trim_at_stop",
+    "write_results_jsonl",
+]
 
 
 @dataclass
@@ -25,89 +36,33 @@ class GenerateResult:
     model: str = ""
 
 
+PROMPT_EXAMPLE = '{"prompt": "…"} or {"messages": [{"role": "user", "content": "…"}]}'
+
+
 def read_prompts_jsonl(path: Path) -> list[dict]:
-    """Read {"prompt": …} or {"messages": [...]} lines; every line is checked before any work starts.
+    """Read {"prompt": …} or {"messages": [...]} records (JSONL, JSON or Parquet); all checked before any work.
 
     Examples:
         read_prompts_jsonl(Path("prompts.jsonl"))[0]["prompt"]
     """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise LlmctlError(f"input file {path} not found", hint="check the --input path") from exc
-    except UnicodeDecodeError as exc:
-        raise LlmctlError(f"input file {path} is not UTF-8 text", hint="give a JSONL file") from exc
+    from llmctl.layouts import detect
+    from llmctl.records import DataFile
+
+    source = DataFile(path, what="input file", option="--input", fmt="records", example='{"prompt": "…"}').check()
     items: list[dict] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise LlmctlError(f"{path} line {number} is not valid JSON ({exc.msg})",
-                              hint="each line must be one JSON object like {\"prompt\": \"...\"}") from exc
-        if not isinstance(obj, dict) or not ("prompt" in obj or "messages" in obj):
-            raise LlmctlError(f"{path} line {number} has no \"prompt\" or \"messages\" field",
-                              hint="each line must be {\"prompt\": \"...\"} or {\"messages\": [...]}")
-        if "prompt" in obj and not isinstance(obj["prompt"], str):
-            raise LlmctlError(f"{path} line {number}: \"prompt\" must be a string")
-        if "messages" in obj and not _valid_messages(obj["messages"]):
-            raise LlmctlError(f"{path} line {number}: \"messages\" must be a list of {{\"role\", \"content\"}} objects")
-        obj.setdefault("id", number)
+    for rec in source.records():
+        obj = rec.value
+        if "prompt" not in obj and "messages" not in obj:
+            fields = ", ".join(sorted(obj)[:12]) or "none"
+            raise source.error(
+                f'has no "prompt" or "messages" field (fields: {fields})',
+                where=rec.where,
+                hint=f"each record must be {PROMPT_EXAMPLE}",
+            )
+        detect(obj, among=("chat", "completion"), source=source, where=rec.where, hint=f"give {PROMPT_EXAMPLE}")
+        obj.setdefault("id", rec.number)  # the line number (JSONL), item (JSON array) or row (Parquet)
         items.append(obj)
-    if not items:
-        raise LlmctlError(f"input file {path} has no prompts", hint="add one JSON object per line")
     return items
-
-
-def _valid_messages(messages) -> bool:
-    return isinstance(messages, list) and bool(messages) and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-        for m in messages)
-
-
-def _prompt_texts(tokenizer, items: list[dict], chat: bool | None, system: str | None) -> tuple[list[str], bool]:
-    has_template = bool(getattr(tokenizer, "chat_template", None))
-    use_chat = has_template if chat is None else chat
-    if use_chat and not has_template:
-        raise LlmctlError("--chat asked for, but this model's tokenizer has no chat template",
-                          hint="use --no-chat to send the prompt as plain text")
-    texts = []
-    for item in items:
-        if "messages" in item and not use_chat:
-            raise LlmctlError(f"prompt {item.get('id')} has \"messages\" but chat templating is off",
-                              hint="drop --no-chat, or give {\"prompt\": ...} lines")
-        if use_chat:
-            messages = list(item.get("messages") or [{"role": "user", "content": item["prompt"]}])
-            if system and not any(m["role"] == "system" for m in messages):
-                messages.insert(0, {"role": "system", "content": system})
-            texts.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
-        else:
-            texts.append((system + "\n\n" if system else "") + item["prompt"])
-    return texts, use_chat
-
-
-def _penalty_processor(prompt_len: int, frequency: float, presence: float):
-    """OpenAI-style frequency/presence penalties over the tokens generated so far."""
-    import torch
-    from transformers import LogitsProcessor
-
-    class FrequencyPresencePenalty(LogitsProcessor):
-        def __call__(self, input_ids, scores):
-            generated = input_ids[:, prompt_len:]
-            if generated.shape[1] == 0:
-                return scores
-            counts = torch.zeros_like(scores)
-            counts.scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
-            return scores - frequency * counts - presence * (counts > 0).to(scores.dtype)
-
-    return FrequencyPresencePenalty()
-
-
-def trim_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
-    """Cut text at the first stop sequence; return (text, whether one was found)."""
-    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
 
 
 def generation_kwargs(model, tokenizer, config: dict, prompt_len: int) -> dict:
@@ -134,20 +89,28 @@ def generation_kwargs(model, tokenizer, config: dict, prompt_len: int) -> dict:
     else:
         gen.temperature, gen.top_k, gen.top_p = None, None, None
     if config["num_return_sequences"] > max(1, config["num_beams"]) and not do_sample:
-        raise LlmctlError("--num-return-sequences above --num-beams needs sampling",
-                          hint="add --do-sample, or raise --num-beams")
+        raise LlmctlError(
+            "--num-return-sequences above --num-beams needs sampling", hint="add --do-sample, or raise --num-beams"
+        )
     kwargs = {"generation_config": gen}
     if config["frequency_penalty"] or config["presence_penalty"]:
         kwargs["logits_processor"] = LogitsProcessorList(
-            [_penalty_processor(prompt_len, config["frequency_penalty"], config["presence_penalty"])])
+            [penalty_processor(prompt_len, config["frequency_penalty"], config["presence_penalty"])]
+        )
     if config["stop"]:
         kwargs["stop_strings"] = list(config["stop"])
         kwargs["tokenizer"] = tokenizer
     return kwargs
 
 
-def generate(model: str, items: list[dict], config: dict, adapter: str | None = None,
-             on_text: Callable[[str], None] | None = None, loaded=None) -> GenerateResult:
+def generate(
+    model: str,
+    items: list[dict],
+    config: dict,
+    adapter: str | None = None,
+    on_text: Callable[[str], None] | None = None,
+    loaded=None,
+) -> GenerateResult:
     """Generate answers for items ({"id", "prompt"|"messages"}) with the resolved config.
 
     on_text, when given (single prompt, one answer), receives text pieces as they are produced.
@@ -165,9 +128,15 @@ def generate(model: str, items: list[dict], config: dict, adapter: str | None = 
     for item in items:
         if "prompt" in item and not item["prompt"].strip():
             raise LlmctlError("the prompt is empty", hint="give some text with --prompt or on stdin")
-    loaded = loaded or load_model(model, dtype=config["dtype"], device=config["device"], adapter=adapter)
+    if loaded is None:
+        resolved, backend, why = pick_backend(model, config, adapter)
+        if backend != "hf":
+            return generate_on_backend(backend, why, resolved, items, config, on_text)
+    loaded = loaded or load_model(
+        resolved, dtype=config["dtype"], device=config["device"], adapter=adapter, rope=config.get("rope")
+    )
     tok, mdl = loaded.tokenizer, loaded.model
-    texts, _ = _prompt_texts(tok, items, config["chat"], config["system"])
+    texts, _ = prompt_texts(tok, items, config["chat"], config["system"])
     if config["seed"] is not None:
         set_seed(config["seed"])
     n_ret = config["num_return_sequences"]
@@ -180,7 +149,7 @@ def generate(model: str, items: list[dict], config: dict, adapter: str | None = 
     tok.padding_side = "left"
     bs = config["batch_size"]
     for start in range(0, len(order), bs):
-        idx = order[start:start + bs]
+        idx = order[start : start + bs]
         enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: enc[k].to(loaded.device) for k in ("input_ids", "attention_mask")}
         prompt_len = enc["input_ids"].shape[1]
@@ -218,10 +187,128 @@ def generate(model: str, items: list[dict], config: dict, adapter: str | None = 
         row["prompt_tokens"] = o["prompt_tokens"]
         row["new_tokens"] = o["new_tokens"]
         results.append(row)
-    stats = {"prompts": len(items), "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
-             "seconds": round(seconds, 3), "tokens_per_s": round(new_tokens / seconds, 2) if seconds else None,
-             "device": loaded.device}
+    stats = {
+        "prompts": len(items),
+        "prompt_tokens": prompt_tokens,
+        "new_tokens": new_tokens,
+        "seconds": round(seconds, 3),
+        "tokens_per_s": round(new_tokens / seconds, 2) if seconds else None,
+        "device": loaded.device,
+        "backend": "hf",
+    }
+    if loaded.info.get("rope"):
+        stats["rope_scaling"] = loaded.info["rope"]  # the run-time override, with the results it shaped
     return GenerateResult(items=results, stats=stats, model=loaded.resolved.label)
+
+
+def pick_backend(model: str, config: dict, adapter: str | None):
+    """(resolved model, backend name, why) for generate: config["backend"], or what `auto` picks.
+
+    auto keeps hf whenever a setting only hf has is asked for (beam search, --adapter, an explicit dtype).
+    """
+    from llmctl.inference import backends
+    from llmctl.resolve import resolve_model
+
+    resolved = resolve_model(model)
+    name = config.get("backend", "hf")
+    if name != "auto":
+        return resolved, backends.check_name(name), "asked for"
+    hf_settings = [
+        ("beam search (--num-beams)", config["num_beams"] > 1),
+        ("--adapter", bool(adapter)),
+        (f"--dtype {config['dtype']}", config["dtype"] != "auto"),
+        ("RoPE scaling (--rope-scaling)", bool((config.get("rope") or {}).get("scaling"))),
+    ]
+    hf_only = next((what for what, asked in hf_settings if asked), None)
+    name, why = backends.choose(resolved, config["device"], hf_only=hf_only)
+    return resolved, name, why
+
+
+def generate_on_backend(
+    backend: str, why: str, resolved, items: list[dict], config: dict, on_text: Callable[[str], None] | None = None
+) -> GenerateResult:
+    """Answer items on a non-hf backend through the inference engine (the same path `llmctl serve` uses)."""
+    import threading
+
+    from llmctl.inference import backends
+    from llmctl.inference.backends.base import BackendOptions
+    from llmctl.inference.engine import Engine
+    from llmctl.inference.sampling import from_generate_config
+
+    if config["num_beams"] > 1:
+        raise LlmctlError(f"beam search runs on the hf backend only, not {backend}", hint="use --backend hf")
+    if (config.get("rope") or {}).get("scaling"):
+        raise LlmctlError(
+            f"RoPE scaling at load time runs on the hf backend only, not {backend}", hint="use --backend hf"
+        )
+    n = config["num_return_sequences"]
+    slots = 1 if len(items) * n == 1 else max(config["batch_size"], n)
+    options = BackendOptions(max_batch=slots, device=config["device"], dtype=config["dtype"])
+    engine = Engine(backends.create(backend, resolved, options), max_concurrency=slots)
+    answers = [[""] * n for _ in items]
+    tokens = [0] * len(items)
+    left = threading.Semaphore(0)
+    failures: list[str] = []
+
+    def sink_for(i: int):
+        def sink(chunk) -> None:
+            answers[i][chunk.index] += chunk.text
+            if on_text is not None and len(items) * n == 1 and chunk.text:
+                on_text(chunk.text)
+            if chunk.finish_reason is not None:
+                tokens[i] += chunk.completion_tokens
+                if chunk.error:
+                    failures.append(chunk.error)
+                left.release()
+
+        return sink
+
+    try:
+        prompts = _backend_prompts(engine.backend, items, config)
+        started = time.perf_counter()
+        engine.start()
+        params = from_generate_config(config)
+        for i, ids in enumerate(prompts):
+            engine.submit(ids, params, n, sink_for(i))
+        for _ in range(len(items) * n):
+            left.acquire()
+    finally:
+        engine.stop()
+    if failures:
+        raise LlmctlError(f"generation on the {backend} backend failed ({failures[0]})")
+    seconds = time.perf_counter() - started
+    results = []
+    for i, item in enumerate(items):
+        row = dict(item)
+        row.update({"output": answers[i][0]} if n == 1 else {"outputs": answers[i]})
+        row.update({"prompt_tokens": len(prompts[i]), "new_tokens": tokens[i]})
+        results.append(row)
+    new_tokens = sum(tokens)
+    stats = {
+        "prompts": len(items),
+        "prompt_tokens": sum(len(p) for p in prompts),
+        "new_tokens": new_tokens,
+        "seconds": round(seconds, 3),
+        "tokens_per_s": round(new_tokens / seconds, 2) if seconds else None,
+        "device": engine.backend.info.get("device", "cpu"),
+        "backend": backend,
+        "backend_reason": why,
+    }
+    return GenerateResult(items=results, stats=stats, model=resolved.label)
+
+
+def _backend_prompts(backend, items: list[dict], config: dict) -> list[list[int]]:
+    """Token ids of each item's prompt on a backend; a prompt that leaves no room for the answer is an error."""
+    texts, _ = prompt_texts(backend.codec, items, config["chat"], config["system"])
+    prompts = [backend.codec.encode(t) for t in texts]
+    for item, ids in zip(items, prompts):
+        if len(ids) + config["max_new_tokens"] > backend.max_model_len:
+            raise LlmctlError(
+                f"prompt {item.get('id')} has {len(ids)} tokens; with --max-new-tokens "
+                f"{config['max_new_tokens']} that is over the model's {backend.max_model_len}",
+                hint="shorten the prompt or lower --max-new-tokens",
+            )
+    return prompts
 
 
 def _generate_streaming(model, tokenizer, enc, kwargs, stops: list[str], on_text):

@@ -1,22 +1,34 @@
-"""Load any registry model format as (model, tokenizer) ready for inference or training.
+"""Load any registry model as (model, tokenizer) ready for inference or training.
 
-Each format has one loader in `LOADERS`; quantized formats add theirs here too, so
-`generate`, `eval` and the rest load every model the same way.
+The format table (`llmctl.formats`) says how each format loads; this service resolves `--model`, picks device
+and dtype, and puts adapters on their base, so `generate`, `eval` and the rest load every model the same way.
 
 Examples:
-    loaded = load_model(resolve_model("smollm2-135m-instruct"), dtype="auto", device="auto")
+    loaded = load_model("smollm2-135m-instruct", dtype="auto", device="auto")
     loaded.model, loaded.tokenizer, loaded.device
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from llmctl import formats
 from llmctl.errors import LlmctlError
+from llmctl.formats.adapter import adapter_base, attach
+from llmctl.formats.hf import ensure_pad_token, load_tokenizer  # noqa: F401  (re-exported for services)
 from llmctl.resolve import ResolvedModel, resolve_model
+
+# dtype spellings users type → torch dtype names
+DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+}
 
 
 @dataclass
@@ -54,180 +66,117 @@ def pick_dtype(dtype: str, device: str):
     """'auto' → bfloat16 on GPUs that support it, float32 elsewhere (CPU fp32 is exact and fast enough)."""
     import torch
 
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
     if dtype in (None, "", "auto"):
         if device.startswith("cuda") and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
-    if dtype not in table:
+    if dtype not in DTYPES:
         raise LlmctlError(f"unknown dtype {dtype!r}", hint="use auto, float32, bfloat16 or float16")
-    return table[dtype]
+    return getattr(torch, DTYPES[dtype])
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def load_tokenizer(path: str):
-    """Load a tokenizer and make sure it can pad (pad = eos when the model has no pad token)."""
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except Exception as exc:
-        raise LlmctlError(f"cannot load the tokenizer from {path} ({_first_line(exc)})",
-                          hint="the folder needs tokenizer.json or tokenizer_config.json") from exc
-    ensure_pad_token(tokenizer)
-    return tokenizer
-
-
-def ensure_pad_token(tokenizer) -> None:
-    """Give a tokenizer without a pad token one (its eos, else unk), so batches can be padded."""
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is not None:
-            tokenizer.pad_token = tokenizer.eos_token
-        elif tokenizer.unk_token is not None:
-            tokenizer.pad_token = tokenizer.unk_token
-        else:
-            tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
-
-
-def _load_hf(resolved: ResolvedModel, dtype, device: str, **kwargs):
-    from transformers import AutoModelForCausalLM
-
-    from llmctl.model_import import check_weights
-
-    path = resolved.path
-    if Path(path).is_dir():
-        check_weights(Path(path))
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
-    except LlmctlError:
-        raise
-    except Exception as exc:
-        raise LlmctlError(f"cannot load model from {path} ({_first_line(exc)})",
-                          hint="the files may be incomplete or damaged; re-create or re-import the model") from exc
-    return model.to(device), load_tokenizer(path)
-
-
-def _load_gguf(resolved: ResolvedModel, dtype, device: str, **kwargs):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = Path(resolved.path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
-    except Exception as exc:
-        raise LlmctlError(f"cannot read GGUF file {path} ({_first_line(exc)})",
-                          hint="the file may be truncated or not a GGUF model") from exc
-    from llmctl.model_import import _fix_special_tokens
-
-    _fix_special_tokens(tokenizer, model.config)
-    ensure_pad_token(tokenizer)
-    return model.to(device), tokenizer
-
-
-def adapter_base(resolved: ResolvedModel) -> str:
-    """The base model an adapter was trained on: its recorded parent, else adapter_config.json."""
-    if resolved.parents:
-        return resolved.parents[0]
-    cfg = json.loads((Path(resolved.path) / "adapter_config.json").read_text())
-    base = cfg.get("base_model_name_or_path")
-    if not base:
-        raise LlmctlError(f"adapter {resolved.label} does not record its base model",
-                          hint="pass the base with --model and the adapter with --adapter")
-    return base
-
-
-def attach_adapter(model, adapter_path: str, label: str):
-    """Put a PEFT adapter on a loaded model; a mismatched base is a clear error."""
-    from peft import PeftModel
-
-    try:
-        return PeftModel.from_pretrained(model, adapter_path)
-    except Exception as exc:
-        raise LlmctlError(f"adapter {label} does not fit this base model ({_first_line(exc)})",
-                          hint="use the base model the adapter was trained on (see `llmctl models show`)") from exc
-
-
-def _load_peft(resolved: ResolvedModel, dtype, device: str, **kwargs):
-    base = resolve_model(adapter_base(resolved))
-    loaded = load_model(base, dtype=dtype, device=device, **kwargs)
-    model = attach_adapter(loaded.model, resolved.path, resolved.label)
+def _load_adapter(resolved: ResolvedModel, dtype, device: str):
+    base = resolve_model(adapter_base(Path(resolved.path), resolved.parents, resolved.label))
+    loaded = load_model(base, dtype=dtype, device=device)
+    model = attach(loaded.model, resolved.path, resolved.label)
     tokenizer = loaded.tokenizer
     if (Path(resolved.path) / "tokenizer_config.json").is_file():
         tokenizer = load_tokenizer(resolved.path)
     return model.to(device), tokenizer
 
 
-def _load_inc_woq(resolved: ResolvedModel, dtype, device: str, **kwargs):
-    """neural-compressor weight-only folder (llmctl quantize --algo rtn|gptq|awq|teq|autoround)."""
-    from llmctl.quantize import load_inc_woq
-
-    return load_inc_woq(resolved.path).to(device), load_tokenizer(resolved.path)
-
-
-def _load_inc_int8(resolved: ResolvedModel, dtype, device: str, **kwargs):
-    """int8 W8A8 folder (llmctl quantize --algo dynamic-int8|smoothquant); CPU kernels only."""
-    from llmctl.quantize import load_int8
-
-    if device != "cpu":
-        raise LlmctlError(f"{resolved.label} is an int8 (W8A8) model, which runs on CPU only", hint="use --device cpu")
-    return load_int8(resolved.path), load_tokenizer(resolved.path)
-
-
-def _load_openvino(resolved: ResolvedModel, dtype, device: str, **kwargs):
-    """OpenVINO IR folder (llmctl quantize --backend openvino), run by OpenVINO on CPU."""
-    from llmctl.quantize import load_openvino
-
-    if device != "cpu":
-        raise LlmctlError(f"{resolved.label} is an OpenVINO model; llmctl runs it on CPU", hint="use --device cpu")
-    return load_openvino(resolved.path), load_tokenizer(resolved.path)
-
-
-def _load_bnb(resolved: ResolvedModel, dtype, device: str, **kwargs):
-    """HF folder quantized by bitsandbytes at load time (llmctl quantize --backend bnb)."""
-    from llmctl.quantize import load_bnb
-
-    return load_bnb(resolved.path, device), load_tokenizer(resolved.path)
-
-
-# format → loader(resolved, torch_dtype, device, **kwargs) -> (model, tokenizer)
-LOADERS: dict[str, Callable] = {
-    "hf": _load_hf,
-    "gguf": _load_gguf,
-    "peft-adapter": _load_peft,
-    "inc-woq": _load_inc_woq,
-    "inc-int8": _load_inc_int8,
-    "openvino": _load_openvino,
-    "bnb": _load_bnb,
-}
-
-
-def load_model(resolved: ResolvedModel | str, dtype: Any = "auto", device: str = "auto",
-               adapter: str | None = None, **kwargs) -> LoadedModel:
+def load_model(
+    resolved: ResolvedModel | str,
+    dtype: Any = "auto",
+    device: str = "auto",
+    adapter: str | None = None,
+    rope: dict | None = None,
+) -> LoadedModel:
     """Load a resolved model (or a --model string) with an optional PEFT adapter on top.
+
+    `rope`: a config's `rope` section (`--rope-scaling`, `--rope-factor`); a run-time RoPE scaling override,
+    checked against the architecture before loading and recorded in `info["rope"]` (`llmctl.rope`).
 
     Examples:
         load_model("tiny", dtype="float32", device="cpu").model
+        load_model("M", rope={"scaling": "yarn", "factor": 2.0, "original_max_length": None}).info["rope"]
     """
+    from llmctl import rope as rope_scaling
+
     if isinstance(resolved, str):
         resolved = resolve_model(resolved)
+    if rope_scaling.wanted(rope):
+        rope_scaling.check_config_file(resolved, rope["scaling"])
     device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device) if isinstance(dtype, (str, type(None))) else dtype
-    loader = LOADERS.get(resolved.format)
-    if loader is None:
-        raise LlmctlError(f"{resolved.label} has format {resolved.format!r}, which cannot be loaded as a language model",
-                          hint=f"loadable formats: {', '.join(sorted(LOADERS))}")
-    model, tokenizer = loader(resolved, torch_dtype, device, **kwargs)
+    fmt = formats.get(resolved.format)
+    if fmt.kind == "adapter":
+        model, tokenizer = _load_adapter(resolved, torch_dtype, device)
+    elif fmt.kind == "model":
+        model, tokenizer = fmt.load(resolved.path, torch_dtype, device)
+    else:
+        raise LlmctlError(
+            f"{resolved.label} has format {resolved.format!r} ({fmt.summary}), which cannot be loaded "
+            f"as a language model",
+            hint=f"loadable formats: {', '.join(formats.names(loadable=True))}",
+        )
     if adapter:
         ad = resolve_model(adapter)
-        if ad.format != "peft-adapter":
-            raise LlmctlError(f"--adapter {adapter} is a {ad.format!r} model, not a PEFT adapter",
-                              hint="pass an adapter made by `llmctl finetune --method lora` or a PEFT adapter folder")
-        model = attach_adapter(model, ad.path, ad.label).to(device)
+        if formats.get(ad.format).kind != "adapter":
+            raise LlmctlError(
+                f"--adapter {adapter} is a {ad.format!r} model, not a PEFT adapter",
+                hint="pass an adapter made by `llmctl finetune --method lora` or a PEFT adapter folder",
+            )
+        model = attach(model, ad.path, ad.label).to(device)
     if hasattr(model, "eval"):
         model.eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, device=device, dtype=torch_dtype, resolved=resolved)
+    info = {}
+    if rope_scaling.wanted(rope):
+        info["rope"] = rope_scaling.apply_to_model(model, rope, resolved.label)
+    return LoadedModel(model=model, tokenizer=tokenizer, device=device, dtype=torch_dtype, resolved=resolved, info=info)
+
+
+def describe(resolved: ResolvedModel) -> str:
+    """The format of a resolved model with its algorithm and bits when recorded, e.g. "inc-woq gptq 4-bit"."""
+    meta = resolved.entry.meta if resolved.entry else {}
+    bits = f" {meta['bits']}-bit" if meta.get("bits") else ""
+    algo = f" {meta['algo']}" if meta.get("algo") else ""
+    return f"{resolved.format}{algo}{bits}".strip()
+
+
+def check_full_precision(resolved: ResolvedModel, purpose: str) -> None:
+    """Refuse a quantized, adapter or non-model entry as the input of quantize, prune, finetune or merge."""
+    from llmctl.formats.hf import read_json
+
+    fmt = formats.get(resolved.format)
+    parent = resolved.parents[0] if resolved.parents else None
+    if fmt.quantized:
+        raise LlmctlError(
+            f"{resolved.label} is already quantized ({describe(resolved)}); {purpose} needs full weights",
+            hint=f"use its full-precision parent {parent!r} instead"
+            if parent
+            else "use the full-precision model it came from instead",
+        )
+    if not fmt.full_precision_source:
+        raise LlmctlError(
+            f"{resolved.label} is a {resolved.format!r} entry ({fmt.summary}), not a full model",
+            hint="give an HF model (merge adapters first with `llmctl merge-lora`)",
+        )
+    cfg = Path(resolved.path) / "config.json"
+    if resolved.format == "hf" and cfg.is_file() and "quantization_config" in read_json(cfg, "model config"):
+        raise LlmctlError(
+            f"{resolved.label} is already quantized (its config.json has a quantization_config); "
+            f"{purpose} needs full weights",
+            hint="use the full-precision model it came from",
+        )
+
+
+def load_full_precision(model: str, purpose: str = "quantize") -> LoadedModel:
+    """Resolve and load a full-precision model in fp32 on CPU as the input of quantize or prune.
+
+    Examples:
+        loaded = load_full_precision("smollm2-135m-instruct", "quantize")
+    """
+    resolved = resolve_model(model)
+    check_full_precision(resolved, purpose)
+    return load_model(resolved, dtype="float32", device="cpu")

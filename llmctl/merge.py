@@ -10,17 +10,10 @@ Examples:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from llmctl.errors import LlmctlError, UsageError
-
-_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-
-def _arch(config) -> str:
-    keys = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size")
-    return ", ".join(f"{k}={getattr(config, k, None)}" for k in keys if getattr(config, k, None) is not None)
+from llmctl.errors import LlmctlError, UsageError, first_line
+from llmctl.formats.hf import arch_summary
 
 
 def adapter_shapes(adapter_dir: Path) -> dict[str, tuple[int, int]]:
@@ -48,11 +41,17 @@ def check_fits(model, adapter_dir: Path, adapter_label: str, base_label: str, re
         m = modules.get(name)
         have = (getattr(m, "in_features", None), getattr(m, "out_features", None)) if m is not None else None
         if have != (fin, fout):
-            what = "has no module " + name if m is None else f"has {name} of {have[0]}→{have[1]}, the adapter expects {fin}→{fout}"
+            what = (
+                "has no module " + name
+                if m is None
+                else f"has {name} of {have[0]}→{have[1]}, the adapter expects {fin}→{fout}"
+            )
             trained = f" (trained on {recorded})" if recorded else ""
-            raise LlmctlError(f"adapter {adapter_label}{trained} does not fit base {base_label} "
-                              f"({_arch(model.config)}): the base {what}",
-                              hint="pass the base the adapter was trained on with --base (see `llmctl models show`)")
+            raise LlmctlError(
+                f"adapter {adapter_label}{trained} does not fit base {base_label} "
+                f"({arch_summary(model.config)}): the base {what}",
+                hint="pass the base the adapter was trained on with --base (see `llmctl models show`)",
+            )
 
 
 def fake_quantize_4bit(model, quant_type: str = "nf4", double_quant: bool = True, blocksize: int = 64) -> int:
@@ -66,22 +65,79 @@ def fake_quantize_4bit(model, quant_type: str = "nf4", double_quant: bool = True
         for _, module in model.named_modules():
             if isinstance(module, torch.nn.Linear) and module is not head:
                 w = module.weight.data
-                q, state = F.quantize_4bit(w.float().contiguous(), blocksize=blocksize, compress_statistics=double_quant,
-                                           quant_type=quant_type)
+                q, state = F.quantize_4bit(
+                    w.float().contiguous(), blocksize=blocksize, compress_statistics=double_quant, quant_type=quant_type
+                )
                 module.weight.data = F.dequantize_4bit(q, state).to(w.dtype).reshape(w.shape)
                 n += 1
     return n
 
 
-def merge_lora(adapter: str, name: str | None, config: dict, base: str | None = None, force: bool = False,
-               command: str = "") -> dict:
-    """Merge `adapter` into its base (or `base`) and register the result as `name`."""
+def merge_adapter(ad, b, qlora_base: str = "dequantized", check: bool = True):
+    """Load base `b` in fp32, put adapter `ad` (resolved models) on it and merge; return (model, tokenizer, diff, n).
+
+    diff is the max |Δlogit| of the merged model against base + adapter on a probe (None without check); n counts
+    the linear layers a QLoRA base was dequantized in (qlora_base "dequantized": the NF4 weights it was trained on).
+
+    Examples:
+        merged, tok, diff, _ = merge_adapter(resolve_model("smol-lora"), resolve_model("smollm2-135m-instruct"))
+    """
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from llmctl.finetune import check_bnb_4bit
-    from llmctl.loading import adapter_base, load_tokenizer
+    from llmctl.formats.bnb import check_bnb_4bit
+    from llmctl.formats.hf import check_folder, load_tokenizer
+
+    meta_ad = ad.entry.meta if ad.entry is not None else {}
+    qlora = meta_ad.get("method") == "qlora"
+    check_folder(Path(b.path))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(b.path, dtype=torch.float32, trust_remote_code=False)
+    except Exception as exc:
+        raise LlmctlError(
+            f"cannot load base {b.label} ({first_line(exc)})", hint="pass a loadable base with --base"
+        ) from exc
+    recorded = meta_ad.get("base_arch")
+    check_fits(model, Path(ad.path), ad.label, b.label, recorded)
+    dequantized = 0
+    if qlora and qlora_base == "dequantized":
+        check_bnb_4bit("cpu")
+        q = meta_ad.get("base_quantization", {})
+        dequantized = fake_quantize_4bit(model, q.get("quant_type", "nf4"), q.get("double_quant", True))
+    try:
+        peft_model = PeftModel.from_pretrained(model, ad.path)
+    except Exception as exc:
+        raise LlmctlError(
+            f"adapter {ad.label} does not fit base {b.label} ({first_line(exc)})",
+            hint="pass the base the adapter was trained on with --base",
+        ) from exc
+    from llmctl.rope import apply_adapter_file
+
+    apply_adapter_file(peft_model, Path(ad.path), ad.label)  # the merged config.json keeps its RoPE scaling
+    peft_model.eval()
+    tokenizer = load_tokenizer(ad.path if (Path(ad.path) / "tokenizer_config.json").is_file() else b.path)
+    probe = tokenizer("The capital of France is Paris. Merging must not change this.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        before = peft_model(input_ids=probe).logits if check else None
+        merged = peft_model.merge_and_unload()
+        diff = float((merged(input_ids=probe).logits - before).abs().max()) if check else None
+    if diff is not None and diff > 1e-2:
+        raise LlmctlError(
+            f"merged model's logits differ from base + adapter by {diff:.3g}",
+            hint="report this; the adapter may use a layer type that does not merge exactly",
+        )
+    return merged, tokenizer, diff, dequantized
+
+
+def merge_lora(
+    adapter: str, name: str | None, config: dict, base: str | None = None, force: bool = False, command: str = ""
+) -> dict:
+    """Merge `adapter` into its base (or `base`) and register the result as `name`."""
+    import torch
+
+    from llmctl.formats.adapter import adapter_base, adapter_config
+    from llmctl.formats.bnb import bnb_config_dict, check_bnb_4bit
     from llmctl.profiles import save_config
     from llmctl.registry import ModelEntry, Registry
     from llmctl.resolve import resolve_model
@@ -89,78 +145,75 @@ def merge_lora(adapter: str, name: str | None, config: dict, base: str | None = 
     registry = Registry()
     ad = resolve_model(adapter, registry)
     if ad.entry is not None and ad.entry.meta.get("merged_from"):
-        return {"already_merged": True, "name": ad.label, "adapter": ad.entry.meta["merged_from"],
-                "message": f"{ad.label} is already merged (from adapter {ad.entry.meta['merged_from']}); nothing to do"}
+        return {
+            "already_merged": True,
+            "name": ad.label,
+            "adapter": ad.entry.meta["merged_from"],
+            "message": f"{ad.label} is already merged (from adapter {ad.entry.meta['merged_from']}); nothing to do",
+        }
     if ad.format != "peft-adapter":
-        raise LlmctlError(f"{ad.label} is a {ad.format!r} model, not a LoRA adapter",
-                          hint="pass an adapter made by `llmctl finetune --method lora|qlora|dora`")
-    acfg = json.loads((Path(ad.path) / "adapter_config.json").read_text())
+        raise LlmctlError(
+            f"{ad.label} is a {ad.format!r} model, not a LoRA adapter",
+            hint="pass an adapter made by `llmctl finetune --method lora|qlora|dora`",
+        )
+    acfg = adapter_config(Path(ad.path))
     if acfg.get("peft_type") != "LORA":
-        raise LlmctlError(f"adapter {ad.label} is {acfg.get('peft_type')}, which has no weights to merge",
-                          hint="only LoRA/QLoRA/DoRA adapters merge; use the adapter directly with `llmctl generate`")
+        raise LlmctlError(
+            f"adapter {ad.label} is {acfg.get('peft_type')}, which has no weights to merge",
+            hint="only LoRA/QLoRA/DoRA adapters merge; use the adapter directly with `llmctl generate`",
+        )
     if not name:
         raise UsageError("missing --name for the merged model")
-    if registry.find(name) is not None and not force:
-        raise LlmctlError(f"model {name!r} already exists in the registry",
-                          hint="pick another --name or pass --force to replace it")
-    b = resolve_model(base or adapter_base(ad), registry)
+    reservation = registry.reserve(name, force)
+    b = resolve_model(base or adapter_base(Path(ad.path), ad.parents, ad.label), registry)
     if b.format != "hf":
-        raise LlmctlError(f"base {b.label} has format {b.format!r}; merging needs a full-precision model (hf)",
-                          hint="pass the original model with --base")
+        raise LlmctlError(
+            f"base {b.label} has format {b.format!r}; merging needs a full-precision model (hf)",
+            hint="pass the original model with --base",
+        )
     meta_ad = ad.entry.meta if ad.entry is not None else {}
     qlora = meta_ad.get("method") == "qlora"
-    try:
-        model = AutoModelForCausalLM.from_pretrained(b.path, dtype=torch.float32)
-    except Exception as exc:
-        raise LlmctlError(f"cannot load base {b.label} ({str(exc).strip().splitlines()[0]})",
-                          hint="pass a loadable base with --base") from exc
-    recorded = meta_ad.get("base_arch")
-    check_fits(model, Path(ad.path), ad.label, b.label, recorded)
-    dequantized = 0
-    if qlora and config["qlora_base"] == "dequantized":
-        check_bnb_4bit("cpu")
-        q = meta_ad.get("base_quantization", {})
-        dequantized = fake_quantize_4bit(model, q.get("quant_type", "nf4"), q.get("double_quant", True))
-    try:
-        peft_model = PeftModel.from_pretrained(model, ad.path)
-    except Exception as exc:
-        raise LlmctlError(f"adapter {ad.label} does not fit base {b.label} ({str(exc).strip().splitlines()[0]})",
-                          hint="pass the base the adapter was trained on with --base") from exc
-    peft_model.eval()
-    tokenizer = load_tokenizer(ad.path if (Path(ad.path) / "tokenizer_config.json").is_file() else b.path)
-    probe = tokenizer("The capital of France is Paris. Merging must not change this.", return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        before = peft_model(input_ids=probe).logits if config["check"] else None
-        merged = peft_model.merge_and_unload()
-        diff = float((merged(input_ids=probe).logits - before).abs().max()) if config["check"] else None
-    if diff is not None and diff > 1e-2:
-        raise LlmctlError(f"merged model's logits differ from base + adapter by {diff:.3g}",
-                          hint="report this; the adapter may use a layer type that does not merge exactly")
-    dtype = _DTYPES[config["dtype"]]
+    merged, tokenizer, diff, dequantized = merge_adapter(ad, b, config["qlora_base"], config["check"])
+    dtype = config["dtype"]  # float32|bfloat16|float16: the schema stores fp32|bf16|fp16 in the long form
     merged = merged.to(getattr(torch, dtype))
     fmt = "hf"
-    meta = {"merged_from": ad.label, "base": b.label, "dtype": config["dtype"], "max_abs_logit_diff": diff,
-            "adapter_method": meta_ad.get("method"), "requantized": config["requantize"]}
+    meta = {
+        "merged_from": ad.label,
+        "base": b.label,
+        "dtype": config["dtype"],
+        "max_abs_logit_diff": diff,
+        "adapter_method": meta_ad.get("method"),
+        "requantized": config["requantize"],
+    }
     if qlora:
         meta["qlora_base"] = config["qlora_base"]
         meta["dequantized_linear_layers"] = dequantized
-    with registry.new_model_dir(name, force=force) as tmp:
+    facts = {}
+    with reservation.staging() as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         if config["requantize"]:
             # the registry's `bnb` format (as `llmctl quantize --backend bnb` writes it): the weights plus the
             # bitsandbytes config, applied when the model is loaded
             check_bnb_4bit("cpu")
-            from llmctl.quantize import bnb_config_dict
-
-            bnb = bnb_config_dict({"bnb": {"double_quant": True, "compute_dtype": dtype}}, config["requantize"])
-            (tmp / "llmctl-entry.json").write_text(json.dumps({"format": "bnb", "bnb_config": bnb}))
-            fmt = "bnb"
+            bnb = bnb_config_dict({"double_quant": True, "compute_dtype": dtype}, config["requantize"])
+            fmt, facts = "bnb", {"bnb_config": bnb}
             meta.update(bits=4, bnb_config=bnb)
         tokenizer.save_pretrained(tmp)
         save_config(config, tmp / "llmctl-config.yaml", command)
         parents = [p for p in (ad.name or ad.path, b.name or b.path)]
-        registry.add(ModelEntry(name=name, format=fmt, path="", parents=parents, command=command, profile=config,
-                                meta=meta), staged=tmp, force=force)
-    return {"already_merged": False, "name": name, "path": str(registry.model_dir(name)), "format": fmt,
-            "adapter": ad.label, "base": b.label, "dtype": config["dtype"], "max_abs_logit_diff": diff,
-            "requantized": config["requantize"]}
+        reservation.publish(
+            ModelEntry(name=name, format=fmt, path="", parents=parents, command=command, profile=config, meta=meta),
+            tmp,
+            **facts,
+        )
+    return {
+        "already_merged": False,
+        "name": name,
+        "path": str(registry.model_dir(name)),
+        "format": fmt,
+        "adapter": ad.label,
+        "base": b.label,
+        "dtype": config["dtype"],
+        "max_abs_logit_diff": diff,
+        "requantized": config["requantize"],
+    }

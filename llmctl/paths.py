@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import signal
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from llmctl.errors import LlmctlError
 
@@ -55,9 +57,102 @@ def ensure_new(path: Path, force: bool, what: str = "output") -> None:
         raise LlmctlError(f"{what} {path} already exists", hint="pick another name or pass --force")
 
 
+def check_output_path(path: Path, force: bool = False, what: str = "output", need_bytes: int = 0) -> Path:
+    """Check before any work starts that `path` can be written: refuse what would fail only at the save.
+
+    The parent must exist (or be creatable) as a folder and be writable, nothing that is not a folder may
+    stand in the way, an existing path needs `force`, and the file system must have `need_bytes` free.
+
+    Examples:
+        check_output_path(Path("out.jsonl"), force=False)
+        check_output_path(Path("models/q4"), force=True, what="output folder", need_bytes=200 * 2**20)
+    """
+    path = Path(path).expanduser()
+    if path.exists() and not force:
+        raise LlmctlError(f"{what} {path} already exists", hint="pick another path or pass --force")
+    parent = path.parent
+    probe = parent
+    while not probe.exists():  # the first existing ancestor is where the folders would be created
+        probe = probe.parent
+    if not probe.is_dir():
+        raise LlmctlError(
+            f"cannot write {what} {path}: {probe} is a file, not a folder",
+            hint="pick a path whose parent folders are folders",
+        )
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise LlmctlError(f"cannot write {what} {path}: {probe} is not writable", hint="pick a folder you can write to")
+    if need_bytes:
+        free = shutil.disk_usage(probe).free
+        if free < need_bytes:
+            raise LlmctlError(
+                f"not enough free disk for {what} {path}: about {need_bytes / 2**20:,.0f} MiB "
+                f"needed, {free / 2**20:,.0f} MiB free on {probe}",
+                hint="free some space or pick another location",
+            )
+    return path
+
+
+# Temp and aside names llmctl writes beside a destination carry the writing process's pid, so a later run can
+# tell the leftovers of a killed process (pid gone) from the work of one still running.
+TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old|del|replaced)-(?P<pid>\d+)-")
+
+
+def temp_prefix(dest: Path, kind: str = "tmp") -> str:
+    return f".{Path(dest).name}.{kind}-{os.getpid()}-"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def delete_path(path: Path) -> None:
+    """Delete a file, a folder, or a symlink (the link only, never what it points to)."""
+    path = Path(path)
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_stale_temps(folder: Path, name: str | None = None) -> list[Path]:
+    """Remove leftovers (`.NAME.tmp-PID-*`, `.old-`, `.del-`, `.replaced-`) in folder whose process is gone.
+
+    With `name`, only those of that destination name.
+    """
+    removed: list[Path] = []
+    if not Path(folder).is_dir():
+        return removed
+    for path in Path(folder).iterdir():
+        m = TEMP_NAME.match(path.name)
+        if m and (name is None or m["name"] == name) and int(m["pid"]) != os.getpid() and not pid_alive(int(m["pid"])):
+            delete_path(path)
+            removed.append(path)
+    return removed
+
+
+def kill_point(name: str) -> None:
+    """Test hook: SIGKILL this process here when LLMCTL_KILL_AT names this point (crash tests of every writer).
+
+    Points: "staged" (an output's files are written in their temp place, not yet renamed into place),
+    "checkpoint" (the same for a training checkpoint), "publish" (a registry entry's folder is complete, with
+    its marker, just before it is renamed into place and registered).
+    """
+    if os.environ.get("LLMCTL_KILL_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 @contextlib.contextmanager
-def atomic_dir(dest: Path, force: bool = False) -> Iterator[Path]:
+def atomic_dir(dest: Path, force: bool = False, point: str = "staged") -> Iterator[Path]:
     """Yield a temp dir beside dest; on success it replaces dest in one rename.
+
+    Leftovers of an earlier killed write to the same dest are removed first.
 
     Examples:
         with atomic_dir(Path("out/model")) as tmp:
@@ -65,16 +160,18 @@ def atomic_dir(dest: Path, force: bool = False) -> Iterator[Path]:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    remove_stale_temps(dest.parent, dest.name)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(dest), dir=dest.parent))
     try:
         yield tmp
-        if dest.exists():
+        kill_point(point)
+        if dest.exists() or dest.is_symlink():
             if not force:
                 raise LlmctlError(f"{dest} already exists", hint="pick another name or pass --force")
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            os.replace(dest, old)
+            old = Path(tempfile.mkdtemp(prefix=temp_prefix(dest, "old"), dir=dest.parent))
+            os.replace(dest, old / "x")
             os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
+            delete_path(old)
         else:
             os.replace(tmp, dest)
     finally:
@@ -92,13 +189,28 @@ def atomic_file(dest: Path, mode: str = "w", encoding: str | None = "utf-8") -> 
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.tmp-", dir=dest.parent)
+    remove_stale_temps(dest.parent, dest.name)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(dest), dir=dest.parent)
     os.close(fd)
     try:
         kwargs = {} if "b" in mode else {"encoding": encoding}
         with open(tmp, mode, **kwargs) as fh:
             yield fh
+        kill_point("staged")
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def dir_size_mb(path: Path) -> float:
+    """Size of every file under path, in MiB (2**20 bytes)."""
+    total = sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+    return round(total / 2**20, 2)
+
+
+def weights_size_mb(path: Path) -> float:
+    """Size of the weight files under path only (not tokenizer or configs), in MiB."""
+    exts = (".safetensors", ".bin", ".pt", ".xml", ".gguf")
+    total = sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file() and p.suffix in exts)
+    return round(total / 2**20, 2)

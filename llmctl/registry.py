@@ -2,13 +2,16 @@
 
 An SQLite index (`$LLMCTL_HOME/registry.db`) plus one folder per model under
 `$LLMCTL_HOME/models/<name>`. Every write is one transaction; folders are written to a temp
-dir and renamed into place, so parallel processes never see or leave half an entry.
+dir and renamed into place, so parallel processes never see or leave half an entry. Every command
+that creates an entry goes through one path: `reserve` (before any work: the name is valid and free)
+then `publish` (marker, rename, register, in one step; the staging dir is removed if anything fails).
 
 Examples:
     reg = Registry()
-    with reg.new_model_dir("my-model") as tmp:      # write files into tmp
+    res = reg.reserve("my-model", force=False)       # refused now, not after an hour of training
+    with res.staging() as tmp:                        # a temp dir beside the final folder
         model.save_pretrained(tmp)
-    reg.add(ModelEntry(name="my-model", format="hf", path=str(reg.model_dir("my-model"))))
+        entry = res.publish(ModelEntry(name="my-model", format="hf", path=""), tmp)
     reg.get("my-model").parents
 """
 
@@ -22,15 +25,13 @@ import re
 import shutil
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
+from llmctl import formats
 from llmctl.errors import LlmctlError
-from llmctl.paths import llmctl_home
-
-# Formats the registry knows. Loaders for each live in llmctl/loading.py.
-FORMATS = ("hf", "peft-adapter", "tokenizer", "inc-woq", "inc-int8", "openvino", "bnb", "data")
+from llmctl.paths import delete_path, kill_point, llmctl_home, remove_stale_temps
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
@@ -109,6 +110,13 @@ class Registry:
         with self._connect() as con:
             con.executescript(_SCHEMA)
 
+    def damaged(self, what: str) -> LlmctlError:
+        return LlmctlError(
+            f"the registry index {self.db_path} is damaged ({what})",
+            hint="run `llmctl models doctor --fix`: it keeps the damaged file as a backup and "
+            "rebuilds the index from the model folders",
+        )
+
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves so writers serialize
@@ -116,10 +124,16 @@ class Registry:
         try:
             con = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
         except sqlite3.Error as exc:
-            raise LlmctlError(f"cannot open registry {self.db_path}: {exc}",
-                              hint="check LLMCTL_HOME is a writable folder") from exc
+            raise LlmctlError(
+                f"cannot open registry {self.db_path}: {exc}", hint="check LLMCTL_HOME is a writable folder"
+            ) from exc
         try:
             yield con
+        except sqlite3.DatabaseError as exc:
+            text = str(exc)
+            if "not a database" in text or "malformed" in text or "no such table" in text or "no such column" in text:
+                raise self.damaged(text) from exc
+            raise LlmctlError(f"registry {self.db_path}: {text}", hint="retry the command") from exc
         finally:
             con.close()
 
@@ -143,11 +157,23 @@ class Registry:
 
     # ---- reading -------------------------------------------------------------------------
 
-    @staticmethod
-    def _row(row: tuple) -> ModelEntry:
+    def _row(self, row: tuple) -> ModelEntry:
         name, fmt, path, created, parents, command, profile, metrics, meta, managed = row
-        return ModelEntry(name, fmt, path, created, json.loads(parents), command,
-                          json.loads(profile), json.loads(metrics), json.loads(meta), bool(managed))
+        try:
+            return ModelEntry(
+                name,
+                fmt,
+                path,
+                created,
+                json.loads(parents),
+                command,
+                json.loads(profile),
+                json.loads(metrics),
+                json.loads(meta),
+                bool(managed),
+            )
+        except (TypeError, ValueError) as exc:
+            raise self.damaged(f"the row of {name!r} is not valid JSON: {exc}") from exc
 
     def list(self) -> list[ModelEntry]:
         """All entries, oldest first."""
@@ -184,65 +210,88 @@ class Registry:
     def model_dir(self, name: str) -> Path:
         return self.models_root / validate_name(name)
 
-    @contextlib.contextmanager
-    def new_model_dir(self, name: str, force: bool = False) -> Iterator[Path]:
-        """Yield a temp dir to fill; `add` later moves it into place atomically.
+    def reserve(self, name: str, force: bool = False) -> Reservation:
+        """Claim `name` for a new entry before any work starts: valid, free (or `force`), folder not in the way.
 
         Examples:
-            with reg.new_model_dir("x") as tmp:
-                save(tmp)
-                reg.add(entry, staged=tmp)
+            res = Registry().reserve("smol-lora", force=False)
         """
         validate_name(name)
-        if not force and self.find(name) is not None:
-            raise LlmctlError(f"model {name!r} already exists in the registry",
-                              hint="pick another --name or pass --force to replace it")
-        import tempfile
+        if self.find(name) is not None and not force:
+            raise LlmctlError(
+                f"model {name!r} already exists in the registry",
+                hint="pick another --name or pass --force to replace it",
+            )
+        folder = self.models_root / name
+        if self.find(name) is None and (folder.exists() or folder.is_symlink()) and not force:
+            raise LlmctlError(
+                f"{folder} exists but is not a registry entry (kept from a removed model?)",
+                hint="move it away, pick another --name, or pass --force to replace it",
+            )
+        remove_stale_temp_dirs(self.models_root)
+        return Reservation(self, name, force)
 
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=self.models_root))
-        try:
-            yield tmp
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-
-    def add(self, entry: ModelEntry, staged: Path | None = None, force: bool = False) -> ModelEntry:
-        """Register entry; if staged is given, rename it to the entry's folder in the same lock.
+    def add(self, entry: ModelEntry, force: bool = False) -> ModelEntry:
+        """Register an entry whose files stay where they are (not managed by llmctl): reserve, then publish.
 
         Examples:
-            reg.add(ModelEntry(name="x", format="hf", path="/abs/x"), force=False)
+            Registry().add(ModelEntry(name="tok", format="tokenizer", path="/abs/tok", managed=False))
         """
+        entry.managed = False
+        return self.reserve(entry.name, force).publish(entry)
+
+    def _add(self, entry: ModelEntry, staged: Path | None, force: bool) -> ModelEntry:
+        """Register entry; if staged is given, rename it to the entry's folder in the same lock."""
         validate_name(entry.name)
-        if entry.format not in FORMATS:
-            raise LlmctlError(f"unknown model format {entry.format!r}", hint=f"use one of {', '.join(FORMATS)}")
+        formats.get(entry.format)
         final = self.model_dir(entry.name)
-        old_dir: Path | None = None
+        old: Path | None = None
         with self._write() as con:
             row = con.execute("SELECT * FROM models WHERE name = ?", (entry.name,)).fetchone()
             if row is not None:
                 if not force:
-                    raise LlmctlError(f"model {entry.name!r} already exists in the registry",
-                                      hint="pick another --name or pass --force to replace it")
+                    raise LlmctlError(
+                        f"model {entry.name!r} already exists in the registry",
+                        hint="pick another --name or pass --force to replace it",
+                    )
                 con.execute("DELETE FROM models WHERE name = ?", (entry.name,))
             if staged is not None:
-                if final.exists():
-                    old_dir = final.with_name(f".{final.name}.old-{os.getpid()}-{time.time_ns()}")
-                    os.replace(final, old_dir)
+                if final.exists() or final.is_symlink():
+                    if not force:
+                        raise LlmctlError(
+                            f"{final} exists but is not a registry entry",
+                            hint="move it away, pick another --name, or pass --force to replace it",
+                        )
+                    old = final.with_name(f".{final.name}.old-{os.getpid()}-{time.time_ns()}")
+                    os.replace(final, old)
                 os.replace(staged, final)
                 entry.path = str(final)
                 entry.managed = True
             con.execute(
                 "INSERT INTO models VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (entry.name, entry.format, entry.path, entry.created, json.dumps(entry.parents),
-                 entry.command, json.dumps(entry.profile, default=str), json.dumps(entry.metrics),
-                 json.dumps(entry.meta, default=str), int(entry.managed)),
+                (
+                    entry.name,
+                    entry.format,
+                    entry.path,
+                    entry.created,
+                    json.dumps(entry.parents),
+                    entry.command,
+                    json.dumps(entry.profile, default=str),
+                    json.dumps(entry.metrics),
+                    json.dumps(entry.meta, default=str),
+                    int(entry.managed),
+                ),
             )
-        if old_dir is not None:
-            shutil.rmtree(old_dir, ignore_errors=True)
+        if old is not None:
+            delete_path(old)
         return entry
 
-    def remove(self, name: str, delete_files: bool = False) -> ModelEntry:
-        """Drop an entry; with delete_files also its folder (only if managed by llmctl)."""
+    def remove(self, name: str, delete_files: bool = False) -> tuple[ModelEntry, bool]:
+        """Drop an entry; with delete_files also its folder. Returns (entry, whether files were deleted).
+
+        Only folders llmctl manages are deleted. A managed entry whose folder is a symlink loses the link,
+        never what it points to (that lies outside the registry).
+        """
         with self._write() as con:
             row = con.execute("SELECT * FROM models WHERE name = ?", (name,)).fetchone()
             if row is None:
@@ -250,31 +299,92 @@ class Registry:
             entry = self._row(row)
             con.execute("DELETE FROM models WHERE name = ?", (name,))
             trash = None
-            # Only folders llmctl manages are deleted; a model registered in place stays put.
-            if delete_files and entry.managed and Path(entry.path).exists():
-                target = Path(entry.path)
+            target = Path(entry.path)
+            if delete_files and entry.managed and (target.exists() or target.is_symlink()):
                 trash = target.with_name(f".{target.name}.del-{os.getpid()}-{time.time_ns()}")
                 os.replace(target, trash)
+        deleted = False
         if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True) if trash.is_dir() else trash.unlink()
-        return entry
+            deleted = not trash.is_symlink()
+            delete_path(trash)
+        return entry, deleted
 
     def update_metrics(self, name: str, metrics: dict) -> ModelEntry:
-        """Merge metrics ({"task.metric": value}) into an entry."""
-        with self._write() as con:
-            row = con.execute("SELECT metrics FROM models WHERE name = ?", (name,)).fetchone()
-            if row is None:
-                raise self.unknown(name)
-            merged = {**json.loads(row[0]), **metrics}
-            con.execute("UPDATE models SET metrics = ? WHERE name = ?", (json.dumps(merged), name))
-        return self.get(name)
+        """Merge metrics ({"task.metric": value}) into an entry (index and folder marker)."""
+        return self._update(name, "metrics", metrics)
 
     def update_meta(self, name: str, meta: dict) -> ModelEntry:
-        """Merge format-specific facts into an entry's meta."""
+        """Merge format-specific facts into an entry's meta (index and folder marker)."""
+        return self._update(name, "meta", meta)
+
+    def _update(self, name: str, column: str, values: dict) -> ModelEntry:
         with self._write() as con:
-            row = con.execute("SELECT meta FROM models WHERE name = ?", (name,)).fetchone()
+            row = con.execute(f"SELECT {column} FROM models WHERE name = ?", (name,)).fetchone()
             if row is None:
                 raise self.unknown(name)
-            merged = {**json.loads(row[0]), **meta}
-            con.execute("UPDATE models SET meta = ? WHERE name = ?", (json.dumps(merged, default=str), name))
-        return self.get(name)
+            merged = {**json.loads(row[0]), **values}
+            con.execute(f"UPDATE models SET {column} = ? WHERE name = ?", (json.dumps(merged, default=str), name))
+        entry = self.get(name)
+        _refresh_marker(entry)
+        return entry
+
+
+class Reservation:
+    """A registry name claimed for a new entry: stage its files, then publish it in one step.
+
+    Examples:
+        res = registry.reserve("tiny-q4")
+        with res.staging() as tmp:
+            save(tmp)
+            res.publish(ModelEntry(name="tiny-q4", format="inc-woq", path=""), tmp)
+    """
+
+    def __init__(self, registry: Registry, name: str, force: bool):
+        self.registry, self.name, self.force = registry, name, force
+
+    @property
+    def path(self) -> Path:
+        """Where the entry's folder will be once published."""
+        return self.registry.model_dir(self.name)
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A temp dir beside the final folder (named with this process's pid); removed unless published."""
+        import tempfile
+
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.name}.tmp-{os.getpid()}-", dir=self.registry.models_root))
+        try:
+            yield tmp
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def publish(self, entry: ModelEntry, staged: Path | None = None, **marker_facts) -> ModelEntry:
+        """Write the folder's marker (format, facts, the entry), rename it into place and register the entry.
+
+        Without `staged` the entry points at a folder llmctl does not manage (entry.path), left untouched.
+        """
+        if entry.name != self.name:
+            raise ValueError(f"reservation is for {self.name!r}, not {entry.name!r}")
+        if staged is not None:
+            entry.path, entry.managed = str(self.path), True
+            formats.write_marker(staged, entry.format, entry.to_json(), **marker_facts)
+            kill_point("publish")
+        return self.registry._add(entry, staged, self.force)
+
+
+def _refresh_marker(entry: ModelEntry) -> None:
+    """Keep a managed folder's marker in step with its index row (so `models doctor` can rebuild the index)."""
+    folder = Path(entry.path)
+    if not entry.managed or not folder.is_dir() or folder.is_symlink():
+        return
+    try:
+        facts = {k: v for k, v in (formats.read_marker(folder) or {}).items() if k not in ("format", "entry")}
+        formats.write_marker(folder, entry.format, entry.to_json(), **facts)
+    except (LlmctlError, OSError):
+        pass  # the index is the source of truth; doctor reports a marker it cannot read
+
+
+def remove_stale_temp_dirs(root: Path) -> list[Path]:
+    """Leftovers of killed writers under models/ (their pid is gone)."""
+    return remove_stale_temps(root)

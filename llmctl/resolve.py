@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmctl import formats
+from llmctl.default_model import ALIASES
 from llmctl.errors import LlmctlError
 from llmctl.registry import ModelEntry, Registry
 
@@ -42,8 +44,7 @@ def network_allowed() -> bool:
 
 def resolve_model(spec: str, registry: Registry | None = None, allow_network: bool | None = None) -> ResolvedModel:
     """Resolve --model: registry name, then local path, then the built-in default, then hub id."""
-    from llmctl.default_model import ALIASES, ensure_default_model
-    from llmctl.model_import import detect_format
+    from llmctl.model_import import ensure_default_model
 
     if not spec or not spec.strip():
         raise LlmctlError("--model is empty", hint="give a registry name (see `llmctl models list`) or a path")
@@ -57,10 +58,7 @@ def resolve_model(spec: str, registry: Registry | None = None, allow_network: bo
             return from_entry(entry)
     path = Path(spec).expanduser()
     if path.exists():
-        fmt = detect_format(path)
-        if fmt == "gguf":
-            return ResolvedModel(path=str(path.resolve()), format="gguf")
-        return ResolvedModel(path=str(path.resolve()), format=fmt)
+        return ResolvedModel(path=str(path.resolve()), format=formats.detect(path))
     if looks_like_path:
         raise LlmctlError(f"{spec} does not exist", hint="check the path, or see `llmctl models list` for names")
     if "/" in spec:
@@ -75,8 +73,11 @@ def resolve_model(spec: str, registry: Registry | None = None, allow_network: bo
 
 def from_entry(entry: ModelEntry) -> ResolvedModel:
     """A ResolvedModel for a registry entry, checking its files are still there."""
-    if not Path(entry.path).exists():
-        raise LlmctlError(f"files of model {entry.name!r} are missing ({entry.path})",
-                          hint=f"remove it with `llmctl models remove {entry.name}` and re-create it")
-    return ResolvedModel(path=entry.path, format=entry.format, name=entry.name, entry=entry,
-                         parents=list(entry.parents))
+    if not Path(entry.path).exists():  # (a dangling symlink does not exist either)
+        raise LlmctlError(
+            f"files of model {entry.name!r} are missing ({entry.path})",
+            hint=f"remove it with `llmctl models remove {entry.name}` and re-create it",
+        )
+    return ResolvedModel(
+        path=entry.path, format=entry.format, name=entry.name, entry=entry, parents=list(entry.parents)
+    )

@@ -8,21 +8,49 @@ Examples:
         max_new_tokens=Field(int, 128, "tokens to generate at most", ge=1),
         sampling=Section(temperature=Field(float, 1.0, "softmax temperature", ge=0.0)),
     )
-    config, errors = SCHEMA.validate({"max_new_tokens": "x"}, source="p.yaml")
+    config, problems = SCHEMA.validate({"max_new_tokens": "x"})   # problems[0].text == "must be int, not text"
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+import difflib
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 _TYPE_NAMES = {int: "int", float: "float", str: "str", bool: "bool", list: "list", dict: "dict"}
+
+# The one list of dtype names a user may type; the short forms are accepted and stored as the long ones.
+DTYPES = ["float32", "bfloat16", "float16"]
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+# The devices a user may name; `cuda:N` (a GPU index) too.
+DEVICES = ["auto", "cpu", "cuda", "mps"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with one key: `text` says what would be right ("must be at most 1").
+
+    `others` names further keys a rule relates this one to (their values are shown with the message).
+
+    Examples:
+        Problem("top_p", 1.5, "must be greater than 0 and at most 1")
+    """
+
+    key: str
+    value: Any
+    text: str
+    others: tuple[str, ...] = ()
 
 
 @dataclass
 class Field:
     """One config key: its type, default, one-line meaning and allowed values.
+
+    `choices` also applies to each item of a list; `aliases` maps other spellings to a choice before the check;
+    `check` is a rule the bounds cannot say, described by `rule` ("a count or a fraction in (0, 1)").
 
     Examples:
         Field(float, 0.9, "nucleus sampling mass", gt=0.0, le=1.0)
@@ -40,89 +68,185 @@ class Field:
     lt: float | None = None
     nullable: bool = False
     item: type | None = None  # element type for lists
+    aliases: dict | None = None
+    check: Callable[[Any], bool] | None = None
+    rule: str | None = None
 
     def type_name(self) -> str:
         name = _TYPE_NAMES.get(self.type, self.type.__name__)
         if self.type is list and self.item is not None:
             name = f"list[{_TYPE_NAMES.get(self.item, self.item.__name__)}]"
-        if self.choices:
+        if self.choices and self.type is not list:
             name = "|".join(str(c) for c in self.choices)
+        if self.rule:
+            name = self.rule
         if self.nullable:
             name += " or null"
         return name
 
+    def allowed(self) -> str:
+        """What the allowed values are, in words ("one of a, b", "greater than 0 and at most 1"); "" when any."""
+        if self.rule:
+            return self.rule
+        if self.choices:
+            text = "one of " + ", ".join(map(str, self.choices))
+            if self.aliases:
+                text += f" (or {', '.join(self.aliases)})"
+            return f"{text} for each item" if self.type is list else text
+        words = [
+            f"{word} {_num(bound)}"
+            for bound, word in (
+                (self.ge, "at least"),
+                (self.gt, "greater than"),
+                (self.le, "at most"),
+                (self.lt, "less than"),
+            )
+            if bound is not None
+        ]
+        return " and ".join(words)
+
     def coerce(self, value: Any) -> tuple[Any, str | None]:
-        """Return (value, None) when value fits this field, else (None, reason)."""
+        """Return (value, None) when value fits this field, else (None, what would be right)."""
         if value is None:
-            return (None, None) if self.nullable else (None, f"must be {self.type_name()}, got null")
-        value, err = _coerce_type(value, self.type, self.item)
-        if err:
-            return None, f"must be {self.type_name()}, {err}"
-        if self.choices is not None and value not in self.choices:
-            return None, f"must be one of {', '.join(map(str, self.choices))}, got {value!r}"
+            return (None, None) if self.nullable else (None, f"must be {self.type_name()}, not null")
+        value, bad_type = _coerce_type(value, self.type, self.item)
+        if bad_type:
+            return None, f"must be {self.type_name()}, not {bad_type}"
+        if self.aliases:
+            value = [self.aliases.get(v, v) for v in value] if self.type is list else self.aliases.get(value, value)
+        if not self._fits(value):
+            return None, f"must be {self.allowed()}"
+        return value, None
+
+    def _fits(self, value: Any) -> bool:
+        if self.choices is not None:
+            items = value if self.type is list else [value]
+            if any(v not in self.choices for v in items):
+                return False
         if self.type in (int, float):
-            for bound, ok, word in (
-                (self.ge, lambda v, b: v >= b, "at least"),
-                (self.gt, lambda v, b: v > b, "greater than"),
-                (self.le, lambda v, b: v <= b, "at most"),
-                (self.lt, lambda v, b: v < b, "less than"),
+            for bound, ok in (
+                (self.ge, operator.ge),
+                (self.gt, operator.gt),
+                (self.le, operator.le),
+                (self.lt, operator.lt),
             ):
                 if bound is not None and not ok(value, bound):
-                    return None, f"must be {word} {bound}, got {value}"
-        return value, None
+                    return False
+        return self.check is None or bool(self.check(value))
+
+
+def _num(bound: float) -> str:
+    return f"{bound:g}" if isinstance(bound, float) else str(bound)
+
+
+def dtype_field(default: str, help: str, auto: bool = True) -> Field:
+    """A dtype key: float32|bfloat16|float16 (and auto), fp32|bf16|fp16 accepted and stored in the long form.
+
+    Examples:
+        dtype=dtype_field("auto", "weights dtype")
+    """
+    return Field(str, default, help, choices=(["auto"] if auto else []) + DTYPES, aliases=dict(DTYPE_ALIASES))
+
+
+def device_field(default: str = "auto", help: str = "device to run on") -> Field:
+    """A device key: auto, cpu, cuda, cuda:N or mps (whether it exists is checked when the model loads).
+
+    Examples:
+        device=device_field()
+    """
+    return Field(str, default, help, check=_is_device, rule="auto, cpu, cuda, cuda:N or mps")
+
+
+def _is_device(value: str) -> bool:
+    kind, _, index = value.partition(":")
+    return value in DEVICES or (kind == "cuda" and index.isdigit())
+
+
+def _kind(value: Any) -> str:
+    """How a wrong value reads in a message ("text", "a list")."""
+    if isinstance(value, bool):
+        return "true/false"
+    return {str: "text", int: "an integer", float: "a number", list: "a list", dict: "a mapping"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _number(text: str) -> Any:
+    """`1024` → 1024, `0.5` → 0.5; anything else stays text (and is reported as such)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _coerce_type(value: Any, typ: type, item: type | None) -> tuple[Any, str | None]:
+    """(value in `typ`, None), or (None, what the value is instead)."""
     if typ is bool:
-        if isinstance(value, bool):
-            return value, None
-        return None, f"got {type(value).__name__} {value!r}"
+        return (value, None) if isinstance(value, bool) else (None, _kind(value))
     if typ is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value, None
         if isinstance(value, float) and value.is_integer():
             return int(value), None
-        return None, f"got {type(value).__name__} {value!r}"
+        return None, _kind(value)
     if typ is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value), None
-        return None, f"got {type(value).__name__} {value!r}"
+        return None, _kind(value)
     if typ is str:
         if isinstance(value, str):
             return value, None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value), None  # e.g. a model name like 125m parsed by YAML as text anyway
-        return None, f"got {type(value).__name__} {value!r}"
+        return None, _kind(value)
     if typ is list:
         if isinstance(value, str) and item is str:
             value = [v for v in value.split(",") if v]  # `--set lora.targets=q_proj,v_proj`
+        elif isinstance(value, str) and item in (int, float):  # `--set passkey.context_lengths=1024,2048`
+            value = [_number(v.strip()) for v in value.strip("[] ").split(",") if v.strip()]
         if not isinstance(value, list):
-            return None, f"got {type(value).__name__} {value!r}"
+            return None, _kind(value)
         if item is None:
             return list(value), None
         out = []
         for v in value:
             cv, err = _coerce_type(v, item, None)
             if err:
-                return None, f"item {err}"
+                return None, f"a list holding {err}"
             out.append(cv)
         return out, None
     if typ is dict:
-        if isinstance(value, dict):
-            return dict(value), None
-        return None, f"got {type(value).__name__} {value!r}"
-    return None, f"unsupported type {typ}"
+        return (dict(value), None) if isinstance(value, dict) else (None, _kind(value))
+    return None, f"of unsupported type {typ}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule between keys of one schema, checked on the resolved config.
+
+    Examples:
+        Rule(("perplexity.stride", "perplexity.seqlen"), lambda stride, seqlen: stride <= seqlen,
+             "perplexity.stride must be at most perplexity.seqlen")
+    """
+
+    keys: tuple[str, ...]
+    test: Callable[..., bool]
+    text: str
+    nullable: bool = False  # test it with None values too (else a rule with an unset key is skipped)
 
 
 class Section:
-    """A group of fields and sub-sections (one level of YAML mapping).
+    """A group of fields and sub-sections (one level of YAML mapping); `rules` relate keys of the whole tree.
 
     Examples:
         Section(lr=Field(float, 3e-4, "peak learning rate", gt=0))
     """
 
-    def __init__(self, help: str = "", **children: "Field | Section"):
+    def __init__(self, help: str = "", *, rules: tuple[Rule, ...] = (), **children: Field | Section):
         self.help = help
+        self.rules = tuple(rules)
         self.children: dict[str, Field | Section] = children
 
     def defaults(self) -> dict:
@@ -146,30 +270,68 @@ class Section:
     def field(self, dotted: str) -> Field | None:
         return self.keys().get(dotted)
 
-    def validate(self, data: Any, prefix: str = "") -> tuple[dict, list[str]]:
-        """Check a (partial) nested dict; return (coerced dict, every error found)."""
-        errors: list[str] = []
+    def validate(self, data: Any, prefix: str = "") -> tuple[dict, list[Problem]]:
+        """Check a (partial) nested dict; return (coerced dict, every problem found)."""
         if not isinstance(data, dict):
-            where = prefix.rstrip(".") or "top level"
-            return {}, [f"{where}: must be a mapping, got {type(data).__name__}"]
+            return {}, [Problem(prefix.rstrip(".") or "(top level)", data, f"must be a mapping, not {_kind(data)}")]
         out: dict = {}
+        problems: list[Problem] = []
         for key, value in data.items():
             dotted = f"{prefix}{key}"
             child = self.children.get(key) if isinstance(key, str) else None
             if child is None:
-                known = ", ".join(self.children)
-                errors.append(f"unknown key '{dotted}' (known here: {known})")
+                problems.append(Problem(dotted, value, self._unknown(str(key))))
             elif isinstance(child, Section):
-                sub, errs = child.validate(value, dotted + ".")
+                sub, found = child.validate(value, dotted + ".")
                 out[key] = sub
-                errors.extend(errs)
+                problems.extend(found)
             else:
                 cv, err = child.coerce(value)
                 if err:
-                    errors.append(f"key '{dotted}' {err}")
+                    problems.append(Problem(dotted, value, err))
                 else:
                     out[key] = cv
-        return out, errors
+        return out, problems
+
+    def _unknown(self, key: str) -> str:
+        close = difflib.get_close_matches(key, list(self.children), n=3, cutoff=0.6)
+        if close:
+            return f"unknown key (did you mean: {', '.join(close)}?)"
+        return f"unknown key (known here: {', '.join(self.children)})"
+
+    def check_rules(self, config: dict) -> list[Problem]:
+        """The rules between keys that a resolved config breaks."""
+        problems = []
+        for rule in self.rules:
+            values = [get_dotted(config, key) for key in rule.keys]
+            if (rule.nullable or None not in values) and not rule.test(*values):
+                problems.append(Problem(rule.keys[0], values[0], rule.text, rule.keys[1:]))
+        return problems
+
+
+def get_dotted(data: dict, dotted: str) -> Any:
+    """The value at a.b.c in nested dicts, or None."""
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def leaves(data: dict, prefix: str = "") -> dict[str, Any]:
+    """Every leaf of a nested dict as dotted key → value.
+
+    Examples:
+        leaves({"a": {"b": 1}, "c": 2}) == {"a.b": 1, "c": 2}
+    """
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def deep_merge(base: dict, over: dict) -> dict:

@@ -64,7 +64,7 @@ class ShardWriter:
         self._tmp: Path | None = None
         self._in_shard = 0
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -101,7 +101,7 @@ class ShardWriter:
             if self._fh is None:
                 self._open()
             room = self.shard_tokens - self._in_shard
-            part = arr[pos:pos + room]
+            part = arr[pos : pos + room]
             self._fh.write(part.tobytes())
             self._in_shard += len(part)
             self.total += len(part)
@@ -120,7 +120,7 @@ class ShardWriter:
         while pos < len(arr):
             if self._fh is None:
                 self._open()
-            part = arr[pos:pos + self.shard_tokens - self._in_shard]
+            part = arr[pos : pos + self.shard_tokens - self._in_shard]
             self._fh.write(part.tobytes())
             self._in_shard += len(part)
             self.total += len(part)
@@ -138,8 +138,7 @@ class ShardWriter:
         tmp = self.dir / f".{offsets_name}.tmp.npy"
         np.save(tmp, np.asarray(self.doc_offsets, dtype=np.int64))
         os.replace(tmp, self.dir / offsets_name)
-        return {"tokens": self.total, "docs": len(self.doc_offsets), "shards": self.shards,
-                "doc_offsets": offsets_name}
+        return {"tokens": self.total, "docs": len(self.doc_offsets), "shards": self.shards, "doc_offsets": offsets_name}
 
     def abort(self) -> None:
         """Drop the unfinished shard (finished ones stay; the caller decides whether to keep them)."""
@@ -160,6 +159,69 @@ def write_index(out_dir: Path, index: dict) -> Path:
     return Path(out_dir) / INDEX
 
 
+_FIX = "re-run `llmctl tokenize encode` to write the data dir again"
+_SPLIT_KEYS = ("tokens", "shards", "doc_offsets")
+
+
+def is_data_dir(path) -> bool:
+    """Whether path is a tokenized data dir (a folder with index.json)."""
+    return Path(path).is_dir() and (Path(path) / INDEX).is_file()
+
+
+def read_index(path: Path) -> dict:
+    """The index.json of a data dir, checked: valid UTF-8 JSON, this format, and every key readers use.
+
+    Examples:
+        read_index(Path("data/shakespeare"))["tokenizer"]["path"]
+    """
+    folder = Path(path)
+    index_path = folder / INDEX
+    if not index_path.is_file():
+        raise LlmctlError(
+            f"{folder} is not a tokenized data dir (no {INDEX})",
+            hint="create one with `llmctl tokenize encode --tokenizer T --input FILES --output DIR`",
+        )
+    try:
+        index = json.loads(index_path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        why = f"{exc.msg} at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+        raise LlmctlError(f"{index_path} is damaged (not valid JSON: {why})", hint=_FIX) from exc
+    except OSError as exc:
+        raise LlmctlError(
+            f"cannot read {index_path} ({exc.strerror or exc})", hint="check the file's permissions"
+        ) from exc
+    if not isinstance(index, dict):
+        from llmctl.records import json_type
+
+        raise LlmctlError(f"{index_path} is damaged (a JSON {json_type(index)}, not an object)", hint=_FIX)
+    _require(index_path, index, "", ("format",))
+    if index.get("format") != FORMAT:
+        raise LlmctlError(
+            f"{index_path} has format {index.get('format')!r}, expected {FORMAT!r}",
+            hint="re-run `llmctl tokenize encode` with this llmctl version",
+        )
+    _require(index_path, index, "", ("dtype", "tokenizer", "splits"))
+    _require(index_path, index["tokenizer"], "tokenizer.", ("path",))
+    _require(index_path, index["splits"], "splits.", ())
+    if index["dtype"] not in ("uint16", "uint32"):
+        raise LlmctlError(f"{index_path} has dtype {index['dtype']!r}, expected uint16 or uint32", hint=_FIX)
+    for split, entry in index["splits"].items():
+        _require(index_path, entry, f"splits.{split}.", _SPLIT_KEYS)
+        for number, shard in enumerate(entry["shards"]):
+            _require(index_path, shard, f"splits.{split}.shards[{number}].", ("file", "tokens"))
+    return index
+
+
+def _require(index_path: Path, obj, prefix: str, keys: tuple[str, ...]) -> None:
+    if not isinstance(obj, dict):
+        raise LlmctlError(
+            f"{index_path} is damaged: {prefix.rstrip('.') or 'the top level'} is not an object", hint=_FIX
+        )
+    for key in keys:
+        if key not in obj:
+            raise LlmctlError(f"{index_path} lacks key '{prefix}{key}'", hint=_FIX)
+
+
 class TokenData:
     """Read a data dir written by `tokenize encode`: memory-mapped token streams per split.
 
@@ -171,17 +233,7 @@ class TokenData:
 
     def __init__(self, path: Path):
         self.dir = Path(path)
-        index_path = self.dir / INDEX
-        if not index_path.is_file():
-            raise LlmctlError(f"{self.dir} is not a tokenized data dir (no {INDEX})",
-                              hint="create one with `llmctl tokenize encode --tokenizer T --input FILES --output DIR`")
-        try:
-            self.index = json.loads(index_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise LlmctlError(f"{index_path} is damaged ({exc.msg})", hint="re-run `llmctl tokenize encode`") from exc
-        if self.index.get("format") != FORMAT:
-            raise LlmctlError(f"{index_path} has format {self.index.get('format')!r}, expected {FORMAT!r}",
-                              hint="re-run `llmctl tokenize encode` with this llmctl version")
+        self.index = read_index(self.dir)
         self.dtype = self.index["dtype"]
         self._cache: dict = {}
 
@@ -201,8 +253,10 @@ class TokenData:
         import numpy as np
 
         if split not in self.index["splits"]:
-            raise LlmctlError(f"{self.dir} has no {split!r} split (has: {', '.join(self.splits)})",
-                              hint="re-encode with --val-fraction > 0 for a validation split")
+            raise LlmctlError(
+                f"{self.dir} has no {split!r} split (has: {', '.join(self.splits)})",
+                hint="re-encode with --val-fraction > 0 for a validation split",
+            )
         if split in self._cache:
             return self._cache[split]
         maps = []
@@ -212,14 +266,25 @@ class TokenData:
                 raise LlmctlError(f"shard {f} listed in the index is missing", hint="re-run `llmctl tokenize encode`")
             m = np.memmap(f, dtype=np.dtype(self.dtype).newbyteorder("<"), mode="r")
             if len(m) != shard["tokens"]:
-                raise LlmctlError(f"shard {f} has {len(m)} tokens, index says {shard['tokens']}",
-                                  hint="re-run `llmctl tokenize encode`")
+                raise LlmctlError(
+                    f"shard {f} has {len(m)} tokens, index says {shard['tokens']}",
+                    hint="re-run `llmctl tokenize encode`",
+                )
             maps.append(m)
         arr = maps[0] if len(maps) == 1 else (np.concatenate(maps) if maps else np.zeros(0, dtype=self.dtype))
         self._cache[split] = arr
         return arr
 
     def doc_offsets(self, split: str):
+        """Where each document of a split starts in its token stream."""
         import numpy as np
 
-        return np.load(self.dir / self.index["splits"][split]["doc_offsets"], allow_pickle=False)
+        f = self.dir / self.index["splits"][split]["doc_offsets"]
+        if not f.is_file():
+            raise LlmctlError(f"document offsets {f} listed in the index are missing", hint=_FIX)
+        try:
+            return np.load(f, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            from llmctl.errors import first_line
+
+            raise LlmctlError(f"document offsets {f} are damaged ({first_line(exc)})", hint=_FIX) from exc

@@ -12,8 +12,14 @@ from conftest import write_jsonl
 
 def _alpaca(n: int = 24) -> list[dict]:
     words = ["fox", "dog", "Paris", "plants", "tokens", "models"]
-    return [{"instruction": f"Say {words[i % 6]}.", "input": "" if i % 3 else "quick",
-             "output": f"The {words[(i + 1) % 6]} is {words[(i + 2) % 6]}."} for i in range(n)]
+    return [
+        {
+            "instruction": f"Say {words[i % 6]}.",
+            "input": "" if i % 3 else "quick",
+            "output": f"The {words[(i + 1) % 6]} is {words[(i + 2) % 6]}.",
+        }
+        for i in range(n)
+    ]
 
 
 def _prefs(n: int = 12) -> list[dict]:
@@ -35,9 +41,19 @@ def tok(tiny_llama_dir):
 def _config(method="lora", objective="sft", sets=(), **train):
     from llmctl.profiles import resolve_config
 
-    explicit = {"method": method, "objective": objective, "train.max_steps": 4, "train.batch_size": 2,
-                "train.seq_len": 96, "train.dtype": "float32", "train.device": "cpu", "train.warmup_steps": 1,
-                "train.eval_every": 2, "train.save_every": 0, "train.log_every": 1}
+    explicit = {
+        "method": method,
+        "objective": objective,
+        "train.max_steps": 4,
+        "train.batch_size": 2,
+        "train.seq_len": 96,
+        "train.dtype": "float32",
+        "train.device": "cpu",
+        "train.warmup_steps": 1,
+        "train.eval_every": 2,
+        "train.save_every": 0,
+        "train.log_every": 1,
+    }
     explicit.update({f"train.{k}": v for k, v in train.items()})
     return resolve_config("finetune", None, list(sets), explicit)
 
@@ -64,8 +80,8 @@ def test_response_only_labels_keep_eos_even_when_pad_is_eos(tok):
     tok.pad_token = tok.eos_token  # like the default model: pad == eos must not hide the eos label
     examples, stats = tokenize_sft(_alpaca(1), "alpaca", tok, "chatml", 512)
     ex = examples[0]
-    n_prompt = next(i for i, l in enumerate(ex.labels) if l != IGNORE)
-    assert n_prompt > 0 and all(l == IGNORE for l in ex.labels[:n_prompt])
+    n_prompt = next(i for i, lab in enumerate(ex.labels) if lab != IGNORE)
+    assert n_prompt > 0 and all(lab == IGNORE for lab in ex.labels[:n_prompt])
     assert ex.labels[n_prompt:] == ex.ids[n_prompt:]
     response = tok.decode(ex.ids[n_prompt:])
     assert response.startswith("The dog is Paris.") and "<|im_end|>" in response
@@ -77,12 +93,20 @@ def test_alpaca_template_and_multi_turn_chat(tok):
     from llmctl.finetune_data import IGNORE, tokenize_sft
 
     ex = tokenize_sft(_alpaca(1), "alpaca", tok, "alpaca", 512)[0][0]
-    prompt = tok.decode([i for i, l in zip(ex.ids, ex.labels) if l == IGNORE])
+    prompt = tok.decode([i for i, lab in zip(ex.ids, ex.labels) if lab == IGNORE])
     assert "### Instruction:\nSay fox." in prompt and "### Input:\nquick" in prompt
-    chat = [{"messages": [{"role": "user", "content": "A?"}, {"role": "assistant", "content": "one"},
-                          {"role": "user", "content": "B?"}, {"role": "assistant", "content": "two"}]}]
+    chat = [
+        {
+            "messages": [
+                {"role": "user", "content": "A?"},
+                {"role": "assistant", "content": "one"},
+                {"role": "user", "content": "B?"},
+                {"role": "assistant", "content": "two"},
+            ]
+        }
+    ]
     ex = tokenize_sft(chat, "chat", tok, "model", 512)[0][0]
-    trained = tok.decode([i for i, l in zip(ex.ids, ex.labels) if l != IGNORE])
+    trained = tok.decode([i for i, lab in zip(ex.ids, ex.labels) if lab != IGNORE])
     assert "one" in trained and "two" in trained and "A?" not in trained and "B?" not in trained
 
 
@@ -130,7 +154,7 @@ def test_packed_logits_equal_unpacked(tiny_llama_dir, tok):
         at = 0
         for ex in examples:
             alone = model(input_ids=torch.tensor([ex.ids])).logits[0]
-            assert torch.allclose(out[at:at + len(ex)], alone, atol=1e-5), "packed example attended across rows"
+            assert torch.allclose(out[at : at + len(ex)], alone, atol=1e-5), "packed example attended across rows"
             at += len(ex)
 
 
@@ -140,9 +164,30 @@ def test_packed_logits_equal_unpacked(tiny_llama_dir, tok):
 def test_lora_cli_registers_adapter_and_generate_uses_it(cli, tiny_model, alpaca_file, llmctl_home):
     from llmctl.registry import Registry
 
-    r = cli("finetune", "--model", tiny_model, "--method", "lora", "--data", alpaca_file, "--name", "tiny-lora",
-            "--max-steps", "4", "--batch-size", "2", "--seq-len", "96", "--eval-every", "2", "--dtype", "float32",
-            "--set", "lora.r=4", "--json")
+    r = cli(
+        "finetune",
+        "--model",
+        tiny_model,
+        "--method",
+        "lora",
+        "--data",
+        alpaca_file,
+        "--name",
+        "tiny-lora",
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "96",
+        "--eval-every",
+        "2",
+        "--dtype",
+        "float32",
+        "--set",
+        "lora.r=4",
+        "--json",
+    )
     assert r.exit_code == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["format"] == "peft-adapter" and out["metrics"]["eval_loss"] > 0 and out["data"]["packed"]
@@ -160,8 +205,21 @@ def test_lora_cli_registers_adapter_and_generate_uses_it(cli, tiny_model, alpaca
 
 
 def test_dry_run_shows_overrides(cli, alpaca_file):
-    r = cli("finetune", "--data", alpaca_file, "--name", "x", "--profile", "qlora", "--lr", "0.001",
-            "--set", "lora.r=32", "--dry-run", "--json")
+    r = cli(
+        "finetune",
+        "--data",
+        alpaca_file,
+        "--name",
+        "x",
+        "--profile",
+        "qlora",
+        "--lr",
+        "0.001",
+        "--set",
+        "lora.r=32",
+        "--dry-run",
+        "--json",
+    )
     assert r.exit_code == 0
     cfg = json.loads(r.stdout)
     assert cfg["method"] == "qlora" and cfg["lora"]["r"] == 32 and cfg["train"]["lr"] == 0.001
@@ -202,10 +260,36 @@ def test_resume_from_incompatible_checkpoint(cli, tiny_model, alpaca_file):
     from llmctl.finetune import finetune
 
     finetune(tiny_model, alpaca_file, "run", _config(sets=["lora.r=4"]), stop_after=1)
-    r = cli("finetune", "--model", tiny_model, "--data", alpaca_file, "--name", "run", "--resume",
-            "--max-steps", "4", "--batch-size", "2", "--seq-len", "96", "--dtype", "float32",
-            "--set", "lora.r=8", "--set", "train.warmup_steps=1", "--eval-every", "2", "--save-every", "0",
-            "--set", "train.log_every=1", "--device", "cpu")
+    r = cli(
+        "finetune",
+        "--model",
+        tiny_model,
+        "--data",
+        alpaca_file,
+        "--name",
+        "run",
+        "--resume",
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "96",
+        "--dtype",
+        "float32",
+        "--set",
+        "lora.r=8",
+        "--set",
+        "train.warmup_steps=1",
+        "--eval-every",
+        "2",
+        "--save-every",
+        "0",
+        "--set",
+        "train.log_every=1",
+        "--device",
+        "cpu",
+    )
     assert r.exit_code == 1
     assert "Error: cannot resume from" in r.stderr and "lora.r=4 (now 8)" in r.stderr
 
@@ -241,7 +325,13 @@ def test_unknown_fields_say_what_was_found(cli, tiny_model, tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "answer": "a"}])
     r = cli("finetune", "--model", tiny_model, "--data", bad, "--name", "x")
     assert r.exit_code == 1
-    assert "has none of the known field sets (found: answer, question)" in r.stderr and "alpaca" in r.stderr
+    assert r.stderr == (
+        f"Error: data file {bad} line 1 has none of the known record layouts (fields: answer, question); "
+        "use one of: alpaca (instruction, input?, output), chat (messages), text (text), "
+        "preference (prompt, chosen, rejected), hh-rlhf (chosen, rejected), chat-preference (prompt?, "
+        "chosen, rejected), completion (prompt, completion|output|response?), kto (prompt, completion, "
+        "label), prompts (prompt, …)\n"
+    )
 
 
 def test_empty_after_filtering(cli, tiny_model, tmp_path):
@@ -257,10 +347,25 @@ def test_every_prompt_longer_than_max_length(cli, tiny_model, alpaca_file):
 
 
 def test_target_modules_that_match_nothing(cli, tiny_model, alpaca_file):
-    r = cli("finetune", "--model", tiny_model, "--data", alpaca_file, "--name", "x", "--method", "lora",
-            "--set", "lora.target_modules=attn_qkv", "--max-steps", "1")
+    r = cli(
+        "finetune",
+        "--model",
+        tiny_model,
+        "--data",
+        alpaca_file,
+        "--name",
+        "x",
+        "--method",
+        "lora",
+        "--set",
+        "lora.target_modules=attn_qkv",
+        "--max-steps",
+        "1",
+    )
     assert r.exit_code == 1
-    assert "lora.target_modules attn_qkv match no module" in r.stderr and "q_proj" in r.stderr and "down_proj" in r.stderr
+    assert (
+        "lora.target_modules attn_qkv match no module" in r.stderr and "q_proj" in r.stderr and "down_proj" in r.stderr
+    )
 
 
 def test_qlora_where_bitsandbytes_cannot_run(cli, tiny_model, alpaca_file, monkeypatch):
@@ -270,8 +375,9 @@ def test_qlora_where_bitsandbytes_cannot_run(cli, tiny_model, alpaca_file, monke
         raise RuntimeError("no 4-bit kernel for this device")
 
     monkeypatch.setattr(F, "quantize_4bit", broken)
-    r = cli("finetune", "--model", tiny_model, "--data", alpaca_file, "--name", "x", "--method", "qlora",
-            "--max-steps", "1")
+    r = cli(
+        "finetune", "--model", tiny_model, "--data", alpaca_file, "--name", "x", "--method", "qlora", "--max-steps", "1"
+    )
     assert r.exit_code == 1
     assert "qlora needs bitsandbytes 4-bit kernels" in r.stderr and "use --method lora" in r.stderr
 
@@ -288,4 +394,140 @@ def test_missing_data_and_bad_method(cli, tiny_model, alpaca_file):
     r = cli("finetune", "--model", tiny_model, "--name", "x")
     assert r.exit_code == 2 and "missing --data" in r.stderr
     r = cli("finetune", "--model", tiny_model, "--data", alpaca_file, "--name", "x", "--method", "lorax")
-    assert r.exit_code == 1 and "must be one of full, lora, qlora" in r.stderr
+    assert (r.exit_code, r.stderr) == (
+        2,
+        "Error: --method lorax: must be one of full, lora, qlora, dora, prompt-tuning, prefix-tuning\n",
+    )
+
+
+# ---- the shared training policy: run dir rule, precision ----------------------------------------------------
+
+
+def test_existing_run_dir_is_refused_without_resume_or_force_and_loses_nothing(
+    cli, tiny_model, alpaca_file, llmctl_home
+):
+    from llmctl.finetune import finetune
+
+    finetune(tiny_model, alpaca_file, "run", _config(sets=["lora.r=4"], save_every=2), stop_after=2)
+    run = llmctl_home / "runs" / "run"
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    r = cli("finetune", "--model", tiny_model, "--data", alpaca_file, "--name", "run", "--max-steps", "1")
+    assert r.exit_code == 1
+    assert r.stderr == (
+        f"Error: run dir {run} already exists (an earlier run called 'run'); continue it with "
+        f"--resume, pick another --name, or pass --force to replace it\n"
+    )
+    after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before, "a refused run touches nothing"
+
+
+def test_force_replaces_the_old_run_only_once_the_new_one_has_a_checkpoint(
+    tiny_model, alpaca_file, llmctl_home, monkeypatch
+):
+    import llmctl.finetune.loop as loop
+    from llmctl.finetune import finetune
+
+    finetune(tiny_model, alpaca_file, "run", _config(sets=["lora.r=4"]), stop_after=2)
+    run = llmctl_home / "runs" / "run"
+    (run / "mine.txt").write_text("keep me until the new run has started")
+
+    def crash(self, step):
+        raise RuntimeError("power cut before the first checkpoint")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop.FinetuneRun, "step_loss", crash)
+        with pytest.raises(RuntimeError):
+            finetune(tiny_model, alpaca_file, "run", _config(sets=["lora.r=8"]), force=True)
+    assert (run / "mine.txt").is_file(), "the replaced run comes back when the new one fails before a checkpoint"
+    assert [p.name for p in run.parent.iterdir()] == ["run"]
+    res = finetune(tiny_model, alpaca_file, "run", _config(sets=["lora.r=8"]), force=True)
+    assert res.steps == 4 and not (run / "mine.txt").exists()
+    assert [p.name for p in run.parent.iterdir()] == ["run"]
+
+
+def test_float16_uses_a_gradient_scaler_and_bfloat16_does_not():
+    from llmctl.training.precision import Precision
+
+    fp16 = Precision.for_run("float16", "cpu")
+    assert fp16.dtype == "float16" and fp16.scaler.is_enabled()
+    for dtype in ("bfloat16", "float32"):
+        assert not Precision.for_run(dtype, "cpu").scaler.is_enabled()
+
+
+def test_float16_finetune_runs_with_loss_scaling(tiny_model, alpaca_file, monkeypatch):
+    """fp16 autocast on CPU (torch allows it): the scaler scales the loss before backward and unscales after."""
+    import llmctl.training.precision as precision
+    from llmctl.finetune import finetune
+
+    seen = []
+    real = precision.Precision.backward
+
+    def spy(self, loss):
+        seen.append(self.scaler.get_scale())
+        return real(self, loss)
+
+    monkeypatch.setattr(precision.Precision, "backward", spy)
+    res = finetune(tiny_model, alpaca_file, "fp16", _config(sets=["lora.r=4"], dtype="float16", max_steps=3))
+    assert seen and seen[0] == 65536.0  # GradScaler's initial scale: the loss really was scaled
+    assert res.metrics["compute_dtype"] == "float16" and res.metrics["eval_loss"] > 0
+
+
+def test_resume_of_a_finished_run_after_its_model_was_removed(cli, tiny_model, alpaca_file):
+    """The last checkpoint remembers the final losses: registering again reports them (no TypeError)."""
+    r = cli(
+        "finetune",
+        "--model",
+        tiny_model,
+        "--data",
+        alpaca_file,
+        "--name",
+        "done",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "96",
+        "--dtype",
+        "float32",
+        "--device",
+        "cpu",
+        "--set",
+        "lora.r=4",
+        "--set",
+        "train.warmup_steps=1",
+        "--eval-every",
+        "2",
+    )
+    assert r.exit_code == 0, r.stderr
+    assert cli("models", "remove", "done", "--delete-files").exit_code == 0
+    again = cli(
+        "finetune",
+        "--model",
+        tiny_model,
+        "--data",
+        alpaca_file,
+        "--name",
+        "done",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "96",
+        "--dtype",
+        "float32",
+        "--device",
+        "cpu",
+        "--set",
+        "lora.r=4",
+        "--set",
+        "train.warmup_steps=1",
+        "--eval-every",
+        "2",
+        "--resume",
+        "--json",
+    )
+    assert again.exit_code == 0, again.stderr
+    out = json.loads(again.stdout)
+    assert out["resumed_from"] == 2 and out["metrics"]["train_loss"] > 0

@@ -17,8 +17,11 @@ def cfg(**over):
 
 
 def test_greedy_is_deterministic_and_batch_matches_single(tiny_model):
-    items = [{"id": 1, "prompt": "The quick brown fox"}, {"id": 2, "prompt": "Paris"},
-             {"id": 3, "prompt": "Language models predict the next token from"}]
+    items = [
+        {"id": 1, "prompt": "The quick brown fox"},
+        {"id": 2, "prompt": "Paris"},
+        {"id": 3, "prompt": "Language models predict the next token from"},
+    ]
     batched = generate(tiny_model, items, cfg(max_new_tokens=12, batch_size=3, chat=False))
     singles = [generate(tiny_model, [it], cfg(max_new_tokens=12, chat=False)).items[0]["output"] for it in items]
     assert [r["output"] for r in batched.items] == singles  # left padding + attention masks are right
@@ -35,8 +38,11 @@ def test_sampling_seed_reproducible_and_n_sequences(tiny_model):
 
 def test_penalties_change_greedy_output(tiny_model):
     base = generate(tiny_model, [{"id": 1, "prompt": "The"}], cfg(max_new_tokens=20, chat=False)).items[0]["output"]
-    pen = generate(tiny_model, [{"id": 1, "prompt": "The"}],
-                   cfg(max_new_tokens=20, chat=False, frequency_penalty=2.0, presence_penalty=2.0)).items[0]["output"]
+    pen = generate(
+        tiny_model,
+        [{"id": 1, "prompt": "The"}],
+        cfg(max_new_tokens=20, chat=False, frequency_penalty=2.0, presence_penalty=2.0),
+    ).items[0]["output"]
     assert base != pen
 
 
@@ -68,14 +74,17 @@ def test_read_prompts_jsonl_errors(tmp_path):
     with pytest.raises(LlmctlError, match='line 1 has no "prompt" or "messages" field'):
         read_prompts_jsonl(p)
     p.write_text("\n\n")
-    with pytest.raises(LlmctlError, match="has no prompts"):
+    with pytest.raises(LlmctlError, match="has no records"):
         read_prompts_jsonl(p)
 
 
 # ---- CLI ------------------------------------------------------------------------------------
 
+
 def test_cli_single_prompt_json(cli, tiny_model):
-    res = cli("generate", "--model", tiny_model, "--prompt", "The quick", "--max-new-tokens", "5", "--json", "--no-chat")
+    res = cli(
+        "generate", "--model", tiny_model, "--prompt", "The quick", "--max-new-tokens", "5", "--json", "--no-chat"
+    )
     assert res.exit_code == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["model"] == "tiny" and out["results"][0]["new_tokens"] <= 5
@@ -89,14 +98,17 @@ def test_cli_stdin_and_stats(cli, tiny_model):
 
 
 def test_cli_stream(cli, tiny_model):
-    streamed = cli("generate", "--model", tiny_model, "--prompt", "The", "--max-new-tokens", "10", "--stream", "--no-chat")
+    streamed = cli(
+        "generate", "--model", tiny_model, "--prompt", "The", "--max-new-tokens", "10", "--stream", "--no-chat"
+    )
     plain = cli("generate", "--model", tiny_model, "--prompt", "The", "--max-new-tokens", "10", "--no-chat")
     assert streamed.exit_code == 0 and streamed.stdout == plain.stdout
 
 
 def test_cli_batch_file(cli, tiny_model, tmp_path):
-    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": "x", "prompt": "The"},
-                                             {"messages": [{"role": "user", "content": "Paris"}]}])
+    inp = write_jsonl(
+        tmp_path / "in.jsonl", [{"id": "x", "prompt": "The"}, {"messages": [{"role": "user", "content": "Paris"}]}]
+    )
     out = tmp_path / "out.jsonl"
     res = cli("generate", "--model", tiny_model, "--input", inp, "--output", out, "--max-new-tokens", "3")
     assert res.exit_code == 0, res.stderr
@@ -104,7 +116,19 @@ def test_cli_batch_file(cli, tiny_model, tmp_path):
     assert [r["id"] for r in rows] == ["x", 2] and all("output" in r for r in rows)
     assert (tmp_path / "out.jsonl.config.yaml").is_file()
     res = cli("generate", "--model", tiny_model, "--input", inp, "--output", out)
-    assert res.exit_code == 1 and res.stderr == f"Error: output {out} already exists; pick another name or pass --force\n"
+    assert (
+        res.exit_code == 1
+        and res.stderr == f"Error: --output {out} already exists; pick another path or pass --force\n"
+    )
+
+
+def test_cli_output_checked_before_the_model_loads(cli, tmp_path):
+    """A path that cannot be written fails at once, not after generating everything (no model is even looked up)."""
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "out.jsonl"
+    reason = f"{tmp_path / 'file'} is a file, not a folder; pick a path whose parent folders are folders"
+    res = cli("generate", "--model", "no-such-model", "--prompt", "hi", "--output", out)
+    assert (res.exit_code, res.stderr) == (1, f"Error: cannot write --output {out}: {reason}\n")
 
 
 def test_cli_malformed_jsonl_writes_nothing(cli, tiny_model, tmp_path):
@@ -113,7 +137,10 @@ def test_cli_malformed_jsonl_writes_nothing(cli, tiny_model, tmp_path):
     out = tmp_path / "out.jsonl"
     res = cli("generate", "--model", tiny_model, "--input", inp, "--output", out)
     assert res.exit_code == 1
-    assert res.stderr.startswith(f"Error: {inp} line 2 is not valid JSON")
+    assert res.stderr == (
+        f"Error: input file {inp} line 2 is not valid JSON (Expecting property name enclosed in "
+        'double quotes at column 2); each line must be one JSON object, e.g. {"prompt": "…"}\n'
+    )
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "llmctl-home"]
 
 
@@ -122,16 +149,27 @@ def test_cli_empty_prompt_file(cli, tiny_model, tmp_path):
     inp.write_text("")
     res = cli("generate", "--model", tiny_model, "--input", inp)
     assert res.exit_code == 1
-    assert res.stderr == f"Error: input file {inp} has no prompts; add one JSON object per line\n"
+    assert res.stderr == (
+        f"Error: input file {inp} is empty; give one JSON object per line (.jsonl), "
+        'e.g. {"prompt": "…"}, a JSON array of them, or .parquet\n'
+    )
 
 
-@pytest.mark.parametrize("args,msg", [
-    (["--top-p", "1.5"], "Error: key 'top_p' must be at most 1.0, got 1.5; fix the option or --set value\n"),
-    (["--temperature", "-1"], "Error: key 'temperature' must be at least 0.0, got -1.0; fix the option or --set value\n"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--top-p", "1.5"], "Error: --top-p 1.5: must be greater than 0 and at most 1\n"),
+        (["--temperature", "-1"], "Error: --temperature -1: must be at least 0\n"),
+        (["--set", "temperature=-1"], "Error: --set temperature=-1: must be at least 0\n"),
+        (
+            ["--dtype", "fp8"],
+            "Error: --dtype fp8: must be one of auto, float32, bfloat16, float16 (or fp32, bf16, fp16)\n",
+        ),
+    ],
+)
 def test_cli_out_of_range_options(cli, tiny_model, args, msg):
     res = cli("generate", "--model", tiny_model, "--prompt", "hi", *args)
-    assert res.exit_code == 1 and res.stderr == msg
+    assert (res.exit_code, res.stderr) == (2, msg)
 
 
 def test_cli_unknown_model(cli, tiny_model):
@@ -152,8 +190,18 @@ def test_cli_adapter(cli, tiny_model, tiny_llama_dir, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
     peft_model.save_pretrained(tmp_path / "adapter")
-    res = cli("generate", "--model", tiny_model, "--adapter", tmp_path / "adapter", "--prompt", "The",
-              "--max-new-tokens", "3", "--json")
+    res = cli(
+        "generate",
+        "--model",
+        tiny_model,
+        "--adapter",
+        tmp_path / "adapter",
+        "--prompt",
+        "The",
+        "--max-new-tokens",
+        "3",
+        "--json",
+    )
     assert res.exit_code == 0, res.stderr
     res = cli("generate", "--model", tiny_model, "--adapter", tiny_model, "--prompt", "The")
     assert res.exit_code == 1 and "is a 'hf' model, not a PEFT adapter" in res.stderr
@@ -161,10 +209,19 @@ def test_cli_adapter(cli, tiny_model, tiny_llama_dir, tmp_path):
 
 # ---- the real default model ------------------------------------------------------------------
 
+
 @pytest.mark.default_model
 def test_default_model_answers_paris(cli, default_model):
-    res = cli("generate", "--model", default_model, "--prompt", "What is the capital of France?",
-              "--greedy", "--max-new-tokens", "20")
+    res = cli(
+        "generate",
+        "--model",
+        default_model,
+        "--prompt",
+        "What is the capital of France?",
+        "--greedy",
+        "--max-new-tokens",
+        "20",
+    )
     assert res.exit_code == 0, res.stderr
     assert "Paris" in res.stdout
 

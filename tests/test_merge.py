@@ -18,8 +18,9 @@ def _make_adapter(base_dir: Path, dest: Path, base_name: str = "tiny", use_dora:
 
     torch.manual_seed(3)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False,
-                                            use_dora=use_dora))
+    peft = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, use_dora=use_dora)
+    )
     peft.save_pretrained(dest)
     cfg = json.loads((dest / "adapter_config.json").read_text())
     cfg["base_model_name_or_path"] = base_name
@@ -30,8 +31,16 @@ def _make_adapter(base_dir: Path, dest: Path, base_name: str = "tiny", use_dora:
 def _register_adapter(path: Path, name: str, meta: dict | None = None, parent: str = "tiny") -> str:
     from llmctl.registry import ModelEntry, Registry
 
-    Registry().add(ModelEntry(name=name, format="peft-adapter", path=str(path), parents=[parent], managed=False,
-                              meta=meta or {"method": "lora"}))
+    Registry().add(
+        ModelEntry(
+            name=name,
+            format="peft-adapter",
+            path=str(path),
+            parents=[parent],
+            managed=False,
+            meta=meta or {"method": "lora"},
+        )
+    )
     return name
 
 
@@ -102,7 +111,9 @@ def test_not_an_adapter_and_prompt_tuning(cli, tiny_model, tiny_llama_dir, tmp_p
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
-    get_peft_model(model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)).save_pretrained(tmp_path / "pt")
+    get_peft_model(model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)).save_pretrained(
+        tmp_path / "pt"
+    )
     _register_adapter(tmp_path / "pt", "pt", {"method": "prompt-tuning"})
     r = cli("merge-lora", "--adapter", "pt", "--name", "m")
     assert r.exit_code == 1 and "adapter pt is PROMPT_TUNING, which has no weights to merge" in r.stderr

@@ -16,17 +16,42 @@ from conftest import _CORPUS, build_tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 LLMCTL = str(Path(sys.executable).parent / "llmctl")
-TORCHRUN = str(Path(sys.executable).parent / "torchrun")
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]  # a venv without the torchrun script too
 
 # A ~20k-parameter LLaMA on 32-token windows: each step takes milliseconds.
-TINY = ["--set", "model.hidden_size=32", "--set", "model.num_layers=2", "--set", "model.num_heads=4",
-        "--set", "model.num_kv_heads=2", "--set", "model.intermediate_size=64",
-        "--set", "model.max_position_embeddings=64", "--batch-size", "4", "--seq-len", "32",
-        "--set", "train.warmup_steps=2", "--set", "train.log_every=1", "--set", "train.eval_batches=2", "--dtype", "float32", "--device", "cpu"]
+TINY = [
+    "--set",
+    "model.hidden_size=32",
+    "--set",
+    "model.num_layers=2",
+    "--set",
+    "model.num_heads=4",
+    "--set",
+    "model.num_kv_heads=2",
+    "--set",
+    "model.intermediate_size=64",
+    "--set",
+    "model.max_position_embeddings=64",
+    "--batch-size",
+    "4",
+    "--seq-len",
+    "32",
+    "--set",
+    "train.warmup_steps=2",
+    "--set",
+    "train.log_every=1",
+    "--set",
+    "train.eval_batches=2",
+    "--dtype",
+    "float32",
+    "--device",
+    "cpu",
+]
 
 
-def make_data(root: Path, tok, docs: list[str], val_docs: int = 20, tok_name: str | None = None,
-              record_bytes: bool = False) -> Path:
+def make_data(
+    root: Path, tok, docs: list[str], val_docs: int = 20, tok_name: str | None = None, record_bytes: bool = False
+) -> Path:
     """A tokenized data dir (train/val) written with ShardWriter/write_index, as `tokenize encode` would."""
     from llmctl.token_data import ShardWriter, file_sha256, write_index
 
@@ -42,9 +67,20 @@ def make_data(root: Path, tok, docs: list[str], val_docs: int = 20, tok_name: st
         if record_bytes:
             splits[split]["bytes"] = nbytes
     tok_dir = Path(tok.name_or_path)
-    write_index(root, {"dtype": "uint16", "splits": splits,
-                       "tokenizer": {"name": tok_name, "path": str(tok_dir), "vocab_size": len(tok),
-                                     "eos_id": tok.eos_token_id, "sha256": file_sha256(tok_dir / "tokenizer.json")}})
+    write_index(
+        root,
+        {
+            "dtype": "uint16",
+            "splits": splits,
+            "tokenizer": {
+                "name": tok_name,
+                "path": str(tok_dir),
+                "vocab_size": len(tok),
+                "eos_id": tok.eos_token_id,
+                "sha256": file_sha256(tok_dir / "tokenizer.json"),
+            },
+        },
+    )
     return root
 
 
@@ -100,8 +136,20 @@ def test_pretrain_cli_trains_registers_and_logs(cli, llmctl_home, data_dir, tok_
 
     from llmctl.registry import ModelEntry, Registry
 
-    res = cli("pretrain", "--data", data_dir, "--name", "tiny-pt", "--max-steps", "8", "--save-every", "4",
-              "--eval-every", "4", *TINY)
+    res = cli(
+        "pretrain",
+        "--data",
+        data_dir,
+        "--name",
+        "tiny-pt",
+        "--max-steps",
+        "8",
+        "--save-every",
+        "4",
+        "--eval-every",
+        "4",
+        *TINY,
+    )
     assert res.exit_code == 0, res.stderr
     assert "step 8: loss" in res.stderr and "bits/byte" in res.stderr
     entry = Registry().get("tiny-pt")
@@ -113,7 +161,9 @@ def test_pretrain_cli_trains_registers_and_logs(cli, llmctl_home, data_dir, tok_
     model = AutoModelForCausalLM.from_pretrained(entry.path)
     assert type(model).__name__ == "LlamaForCausalLM"
     assert model.config.num_key_value_heads == 2 and model.config.rope_theta == 10000.0
-    assert AutoTokenizer.from_pretrained(entry.path).encode("The fox") == AutoTokenizer.from_pretrained(tok_dir).encode("The fox")
+    assert AutoTokenizer.from_pretrained(entry.path).encode("The fox") == AutoTokenizer.from_pretrained(tok_dir).encode(
+        "The fox"
+    )
     for f in ("llmctl-config.yaml", "loss.png", "tokenizer.json", "model.safetensors"):
         assert (Path(entry.path) / f).is_file(), f
     run = llmctl_home / "runs" / "tiny-pt"
@@ -134,8 +184,9 @@ def test_pretrain_cli_trains_registers_and_logs(cli, llmctl_home, data_dir, tok_
     # lineage: tokenizer and data registered under names → they become the model's parents
     reg = Registry()
     reg.add(ModelEntry(name="tok-a", format="tokenizer", path=str(tok_dir)))
-    named = make_data(llmctl_home.parent / "named-data", AutoTokenizer.from_pretrained(tok_dir), _docs(200),
-                      tok_name="tok-a")
+    named = make_data(
+        llmctl_home.parent / "named-data", AutoTokenizer.from_pretrained(tok_dir), _docs(200), tok_name="tok-a"
+    )
     reg.add(ModelEntry(name="data-a", format="data", path=str(named)))
     res = cli("pretrain", "--data", named, "--name", "tiny-pt2", "--max-steps", "2", *TINY)
     assert res.exit_code == 0, res.stderr
@@ -145,8 +196,9 @@ def test_pretrain_cli_trains_registers_and_logs(cli, llmctl_home, data_dir, tok_
 def test_gpt2_arch_and_json_output(cli, data_dir):
     from transformers import AutoModelForCausalLM
 
-    res = cli("pretrain", "--data", data_dir, "--name", "g", "--max-steps", "3", *TINY,
-              "--set", "model.arch=gpt2", "--json")
+    res = cli(
+        "pretrain", "--data", data_dir, "--name", "g", "--max-steps", "3", *TINY, "--set", "model.arch=gpt2", "--json"
+    )
     assert res.exit_code == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["steps"] == 3 and out["final"]["val_loss"] > 0 and out["bytes_per_token_source"] == "decoded"
@@ -156,8 +208,9 @@ def test_gpt2_arch_and_json_output(cli, data_dir):
 
 
 def test_dry_run_and_epochs(cli, data_dir, llmctl_home):
-    res = cli("pretrain", "--data", data_dir, "--name", "x", "--profile", "shakespeare-tiny", "--lr", "0.01",
-              "--dry-run")
+    res = cli(
+        "pretrain", "--data", data_dir, "--name", "x", "--profile", "shakespeare-tiny", "--lr", "0.01", "--dry-run"
+    )
     assert res.exit_code == 0 and "lr: 0.01" in res.stdout and "hidden_size: 256" in res.stdout
     assert not (llmctl_home / "runs" / "x").exists()
     res = cli("pretrain", "--data", data_dir, "--name", "ep", *TINY, "--epochs", "0.05", "--json")
@@ -171,7 +224,7 @@ def test_dry_run_and_epochs(cli, data_dir, llmctl_home):
 def test_bytes_per_token_from_index_when_recorded(tmp_path, tok_dir):
     from transformers import AutoTokenizer
 
-    from llmctl.pretrain import val_bytes_per_token
+    from llmctl.pretrain.data import val_bytes_per_token
     from llmctl.token_data import TokenData
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
@@ -185,7 +238,7 @@ def test_bytes_per_token_from_index_when_recorded(tmp_path, tok_dir):
 
 
 def test_batches_depend_only_on_seed_and_step():
-    from llmctl.pretrain import batch_offsets
+    from llmctl.pretrain.data import batch_offsets
 
     a = batch_offsets(1, 5, 0, 10_000, 32, 8)
     assert (a == batch_offsets(1, 5, 0, 10_000, 32, 8)).all()
@@ -198,12 +251,23 @@ def test_batches_depend_only_on_seed_and_step():
 
 
 def test_resume_after_sigkill_reproduces_uninterrupted_losses(tmp_path, data_dir):
-    args = [LLMCTL, "pretrain", "--data", str(data_dir), "--max-steps", "10", "--save-every", "4", *TINY,
-            "--set", "model.dropout=0.1"]  # dropout: the RNG state must come back too
+    args = [
+        LLMCTL,
+        "pretrain",
+        "--data",
+        str(data_dir),
+        "--max-steps",
+        "10",
+        "--save-every",
+        "4",
+        *TINY,
+        "--set",
+        "model.dropout=0.1",
+    ]  # dropout: the RNG state must come back too
     ref_home, home = tmp_path / "ref", tmp_path / "killed"
     ref = subprocess.run([*args, "--name", "run"], env=_env(ref_home), capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr
-    from llmctl.pretrain import KILL_ENV
+    from llmctl.training.state import KILL_ENV
 
     killed = subprocess.run([*args, "--name", "run"], env=_env(home, **{KILL_ENV: "6"}), capture_output=True, text=True)
     assert killed.returncode == -9, killed.stderr  # SIGKILL after step 6; last checkpoint is step 4
@@ -227,12 +291,17 @@ def test_resume_after_sigkill_reproduces_uninterrupted_losses(tmp_path, data_dir
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_match_one_process_with_same_global_batch(tmp_path, data_dir, strategy):
     common = ["pretrain", "--data", str(data_dir), "--name", "m", "--max-steps", "5", "--save-every", "3", *TINY]
-    one = subprocess.run([LLMCTL, *common, "--grad-accum", "2"], env=_env(tmp_path / "one"),
-                         capture_output=True, text=True)
+    one = subprocess.run(
+        [LLMCTL, *common, "--grad-accum", "2"], env=_env(tmp_path / "one"), capture_output=True, text=True
+    )
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", LLMCTL, *common,
-                          "--set", f"dist.strategy={strategy}"], env=_env(tmp_path / "two"),
-                         capture_output=True, text=True, timeout=300)
+    two = subprocess.run(
+        [*TORCHRUN, "--standalone", "--nproc_per_node", "2", LLMCTL, *common, "--set", f"dist.strategy={strategy}"],
+        env=_env(tmp_path / "two"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     assert f"x2 ({strategy})" in " ".join(two.stderr.split())
     a, b = _losses(tmp_path / "one" / "runs" / "m"), _losses(tmp_path / "two" / "runs" / "m")
@@ -248,11 +317,12 @@ def test_two_processes_match_one_process_with_same_global_batch(tmp_path, data_d
 
 
 def test_spike_guard_rolls_back_to_last_checkpoint_with_lower_lr(monkeypatch, data_dir, llmctl_home):
-    import llmctl.pretrain as pt
+    import llmctl.pretrain.loop as loop
+    from llmctl.pretrain import pretrain
     from llmctl.profiles import resolve_config
 
     calls = {"n": 0}
-    real = pt._loss
+    real = loop.lm_loss
 
     def spiky(model, batch, ctx):
         loss = real(model, batch, ctx)
@@ -262,14 +332,31 @@ def test_spike_guard_rolls_back_to_last_checkpoint_with_lower_lr(monkeypatch, da
                 return loss * 10
         return loss
 
-    monkeypatch.setattr(pt, "_loss", spiky)
-    config = resolve_config("pretrain", None, ["spike.enabled=true", "spike.window=3", "train.save_every=5",
-                                               "train.log_every=1", "train.eval_every=0", "model.hidden_size=32",
-                                               "model.num_layers=1", "model.num_heads=4", "train.warmup_steps=0"],
-                            {"train.max_steps": 10, "train.batch_size": 2, "train.seq_len": 16,
-                             "train.dtype": "float32", "train.device": "cpu"})
+    monkeypatch.setattr(loop, "lm_loss", spiky)
+    config = resolve_config(
+        "pretrain",
+        None,
+        [
+            "spike.enabled=true",
+            "spike.window=3",
+            "train.save_every=5",
+            "train.log_every=1",
+            "train.eval_every=0",
+            "model.hidden_size=32",
+            "model.num_layers=1",
+            "model.num_heads=4",
+            "train.warmup_steps=0",
+        ],
+        {
+            "train.max_steps": 10,
+            "train.batch_size": 2,
+            "train.seq_len": 16,
+            "train.dtype": "float32",
+            "train.device": "cpu",
+        },
+    )
     rows = []
-    result = pt.pretrain(data_dir, "spiky", config, on_log=rows.append)
+    result = pretrain(data_dir, "spiky", config, on_log=rows.append)
     rollbacks = [r for r in rows if r.get("event") == "rollback"]
     assert len(rollbacks) == 1 and rollbacks[0]["step"] == 5 and rollbacks[0]["lr_scale"] == 0.5
     assert result["steps"] == 10
@@ -277,7 +364,7 @@ def test_spike_guard_rolls_back_to_last_checkpoint_with_lower_lr(monkeypatch, da
     assert [r["step"] for r in logged if "loss" in r] == list(range(1, 11))  # the spiked step never logged
     lr_after = {r["step"]: r["lr"] for r in logged if "loss" in r}
     base = config["train"]["lr"]
-    from llmctl.training import lr_factor
+    from llmctl.training.optim import lr_factor
 
     assert lr_after[6] == pytest.approx(0.5 * base * lr_factor(6, 10, 0, config["train"]["min_lr_ratio"]))
     assert lr_after[4] == pytest.approx(base * lr_factor(4, 10, 0, config["train"]["min_lr_ratio"]))
@@ -292,12 +379,16 @@ def test_tokenizer_data_mismatch(cli, tmp_path, data_dir, llmctl_home):
 
     other = Tokenizer(models.BPE())
     other.pre_tokenizer = pre_tokenizers.ByteLevel()
-    other.train_from_iterator(["entirely different text " * 50], trainers.BpeTrainer(vocab_size=300, show_progress=False,
-                              special_tokens=["<eos>"]))
+    other.train_from_iterator(
+        ["entirely different text " * 50],
+        trainers.BpeTrainer(vocab_size=300, show_progress=False, special_tokens=["<eos>"]),
+    )
     PreTrainedTokenizerFast(tokenizer_object=other, eos_token="<eos>").save_pretrained(tmp_path / "other")
     res = cli("pretrain", "--data", data_dir, "--name", "mm", "--tokenizer", tmp_path / "other", *TINY)
     assert res.exit_code == 1
-    assert res.stderr.startswith(f"Error: tokenizer {tmp_path / 'other'} does not match the data: {data_dir.resolve()} was encoded with")
+    assert res.stderr.startswith(
+        f"Error: tokenizer {tmp_path / 'other'} does not match the data: {data_dir.resolve()} was encoded with"
+    )
     assert not (llmctl_home / "runs" / "mm").exists()
 
 
@@ -309,11 +400,14 @@ def test_resume_without_checkpoint(cli, data_dir, llmctl_home):
 
 
 def test_resume_with_changed_model_shape(cli, data_dir, llmctl_home):
-    from llmctl.pretrain import KILL_ENV
+    from llmctl.training.state import KILL_ENV
 
-    ok = subprocess.run([LLMCTL, "pretrain", "--data", str(data_dir), "--name", "sh", "--max-steps", "4",
-                         "--save-every", "2", *TINY], env=_env(llmctl_home, **{KILL_ENV: "3"}),
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        [LLMCTL, "pretrain", "--data", str(data_dir), "--name", "sh", "--max-steps", "4", "--save-every", "2", *TINY],
+        env=_env(llmctl_home, **{KILL_ENV: "3"}),
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == -9, ok.stderr
     before = (llmctl_home / "runs" / "sh" / "metrics.jsonl").read_text()
     res = cli("pretrain", "--data", data_dir, "--name", "sh", "--resume", *TINY, "--set", "model.hidden_size=64")
@@ -344,11 +438,16 @@ def test_name_exists_without_force(cli, data_dir, llmctl_home):
     assert cli("pretrain", "--data", data_dir, "--name", "dup", "--max-steps", "2", *TINY).exit_code == 0
     res = cli("pretrain", "--data", data_dir, "--name", "dup", "--max-steps", "2", *TINY)
     assert res.exit_code == 1
-    assert res.stderr == "Error: model 'dup' already exists in the registry; pick another --name or pass --force to replace it\n"
+    assert (
+        res.stderr
+        == "Error: model 'dup' already exists in the registry; pick another --name or pass --force to replace it\n"
+    )
     # a run dir left by an unfinished run is not silently overwritten either
     shutil.copytree(llmctl_home / "runs" / "dup", llmctl_home / "runs" / "half")
     res = cli("pretrain", "--data", data_dir, "--name", "half", "--max-steps", "2", *TINY)
-    assert res.exit_code == 1 and "already exists; continue it with --resume" in res.stderr
+    assert (
+        res.exit_code == 1 and "already exists (an earlier run called 'half'); continue it with --resume" in res.stderr
+    )
     res = cli("pretrain", "--data", data_dir, "--name", "dup", "--max-steps", "3", *TINY, "--force")
     assert res.exit_code == 0, res.stderr
 
@@ -360,7 +459,7 @@ def test_not_a_data_dir(cli, tmp_path):
 
 
 def test_auto_dtype_is_bf16_only_on_cpus_with_native_bf16(monkeypatch):
-    import llmctl.training as pt
+    import llmctl.training.precision as pt
 
     assert pt.compute_dtype("float32", "cpu") == "float32"
     assert pt.compute_dtype("bfloat16", "cpu") == "bfloat16"

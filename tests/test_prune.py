@@ -8,8 +8,8 @@ import pytest
 
 from conftest import _CORPUS
 
-
 # ---- criteria, by hand -----------------------------------------------------------------------------
+
 
 def test_wanda_scores_weight_times_input_norm_per_row():
     import torch
@@ -78,6 +78,7 @@ def test_sparsegpt_equals_explicit_obs_recursion_and_beats_plain_masking():
 
 # ---- CLI on the tiny LLaMA --------------------------------------------------------------------------
 
+
 @pytest.fixture
 def calib_file(tmp_path):
     path = tmp_path / "calib.txt"
@@ -86,17 +87,31 @@ def calib_file(tmp_path):
 
 
 def _prune(cli, *args):
-    return cli("prune", "--model", "tiny", "--calib-samples", "4", "--calib-seqlen", "32", "--eval-tokens", "256",
-               "--json", *args)
+    return cli(
+        "prune",
+        "--model",
+        "tiny",
+        "--calib-samples",
+        "4",
+        "--calib-seqlen",
+        "32",
+        "--eval-tokens",
+        "256",
+        "--json",
+        *args,
+    )
 
 
-@pytest.mark.parametrize("method,extra,expect", [
-    ("magnitude", ["--sparsity", "0.5"], 0.5),
-    ("wanda", ["--sparsity", "0.5"], 0.5),
-    ("sparsegpt", ["--sparsity", "0.5"], 0.5),
-    ("wanda", ["--pattern", "2:4"], 0.5),
-    ("sparsegpt", ["--pattern", "4:8"], 0.5),
-])
+@pytest.mark.parametrize(
+    "method,extra,expect",
+    [
+        ("magnitude", ["--sparsity", "0.5"], 0.5),
+        ("wanda", ["--sparsity", "0.5"], 0.5),
+        ("sparsegpt", ["--sparsity", "0.5"], 0.5),
+        ("wanda", ["--pattern", "2:4"], 0.5),
+        ("sparsegpt", ["--pattern", "4:8"], 0.5),
+    ],
+)
 def test_unstructured_and_nm(cli, tiny_model, calib_file, method, extra, expect):
     from llmctl.registry import Registry
 
@@ -108,7 +123,9 @@ def test_unstructured_and_nm(cli, tiny_model, calib_file, method, extra, expect)
     assert all(v == pytest.approx(expect, abs=0.02) for v in out["per_layer_sparsity"].values())
     assert out["perplexity_before"] > 1 and out["perplexity_after"] > 1
     entry = Registry().get("p")
-    assert entry.parents == ["tiny"] and entry.format == "hf" and entry.meta["overall_sparsity"] == out["overall_sparsity"]
+    assert (
+        entry.parents == ["tiny"] and entry.format == "hf" and entry.meta["overall_sparsity"] == out["overall_sparsity"]
+    )
     gen = cli("generate", "--model", "p", "--prompt", "Hello", "--max-new-tokens", "3", "--json")
     assert gen.exit_code == 0, gen.stderr
 
@@ -140,23 +157,60 @@ def test_head_group_mode_drops_whole_kv_groups(cli, tiny_model, calib_file):
 
     from llmctl.registry import Registry
 
-    res = _prune(cli, "--structure", "heads", "--ratio", "0.5", "--set", "head_mode=group",
-                 "--calib-data", calib_file, "--name", "g")
+    res = _prune(
+        cli,
+        "--structure",
+        "heads",
+        "--ratio",
+        "0.5",
+        "--set",
+        "head_mode=group",
+        "--calib-data",
+        calib_file,
+        "--name",
+        "g",
+    )
     assert res.exit_code == 0, res.stderr
     model = AutoModelForCausalLM.from_pretrained(Registry().get("g").path)
     assert (model.config.num_attention_heads, model.config.num_key_value_heads) == (2, 1)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--method", "magnitude", "--sparsity", "1.0"], "Error: --sparsity must be in (0, 1), got 1.0"),
-    (["--method", "magnitude", "--sparsity", "0"], "Error: --sparsity must be in (0, 1), got 0.0"),
-    (["--method", "magnitude", "--pattern", "4:2"], "Error: --pattern 4:2: need 0 < N < M"),
-    (["--method", "magnitude", "--pattern", "half"], "Error: --pattern 'half' is not N:M"),
-    (["--structure", "heads", "--ratio", "0.9"],
-     "Error: --ratio 0.9 would remove all 2 query heads of every kv group (4 heads, 2 kv heads)"),
-    (["--method", "wanda", "--sparsity", "0.5"], "Error: this method needs calibration data; pass --calib-data"),
-    (["--method", "magnitude"], "Error: give --sparsity (unstructured), --pattern N:M or --structure heads|channels"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["--method", "magnitude", "--sparsity", "1.0"],
+            "Error: --sparsity 1.0: must be greater than 0 and less than 1",
+        ),
+        (["--method", "magnitude", "--sparsity", "0"], "Error: --sparsity 0: must be greater than 0 and less than 1"),
+        (["--method", "magnitude", "--pattern", "4:2"], "Error: --pattern 4:2: must be N:M with 0 < N < M, e.g. 2:4"),
+        (["--method", "magnitude", "--pattern", "half"], "Error: --pattern half: must be N:M with 0 < N < M, e.g. 2:4"),
+        (
+            ["--method", "magnitude", "--set", "pattern=4:2"],
+            "Error: --set pattern=4:2: must be N:M with 0 < N < M, e.g. 2:4",
+        ),
+        (["--structure", "heads", "--ratio", "1"], "Error: --ratio 1: must be greater than 0 and less than 1"),
+    ],
+)
+def test_bad_value_is_a_usage_error(cli, tiny_model, args, message):
+    res = cli("prune", "--model", "tiny", "--name", "bad", *args)
+    assert (res.exit_code, res.stderr) == (2, message + "\n")
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["--structure", "heads", "--ratio", "0.9"],
+            "Error: --ratio 0.9 would remove all 2 query heads of every kv group (4 heads, 2 kv heads)",
+        ),
+        (["--method", "wanda", "--sparsity", "0.5"], "Error: this method needs calibration data; pass --calib-data"),
+        (
+            ["--method", "magnitude"],
+            "Error: give --sparsity (unstructured), --pattern N:M or --structure heads|channels",
+        ),
+    ],
+)
 def test_bad_input(cli, tiny_model, args, message):
     res = cli("prune", "--model", "tiny", "--name", "bad", *args)
     assert res.exit_code == 1, res.stdout
@@ -168,4 +222,7 @@ def test_pruning_a_quantized_entry_is_refused(cli, tiny_model):
     assert res.exit_code == 0, res.stderr
     res = cli("prune", "--model", "q8", "--method", "magnitude", "--sparsity", "0.5", "--name", "x")
     assert res.exit_code == 1
-    assert "Error: q8 is quantized (inc-woq rtn 8-bit); prune needs full weights" in res.stderr
+    assert (
+        "Error: q8 is already quantized (compressed-tensors rtn 8-bit); prune needs full weights; "
+        "use its full-precision parent 'tiny' instead" in res.stderr
+    )

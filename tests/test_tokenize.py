@@ -25,8 +25,9 @@ _SENTENCES = [
 
 
 def _paragraphs(n: int = 40) -> list[str]:
-    return [f"{_SENTENCES[i % len(_SENTENCES)]}\n{_SENTENCES[(i * 3 + 1) % len(_SENTENCES)]} Number {i}."
-            for i in range(n)]
+    return [
+        f"{_SENTENCES[i % len(_SENTENCES)]}\n{_SENTENCES[(i * 3 + 1) % len(_SENTENCES)]} Number {i}." for i in range(n)
+    ]
 
 
 @pytest.fixture
@@ -115,10 +116,12 @@ def test_train_bad_inputs(cli, corpus, tmp_path):
 
     r = cli("tokenize", "train", "--input", corpus, "--vocab-size", 100, "--name", "x")
     assert r.exit_code == 1
-    assert _error(r) == ("Error: --vocab-size 100 is below the byte alphabet of byte-level BPE "
-                         "(256 bytes + 4 special tokens = 260); use --vocab-size 260 or more")
+    assert _error(r) == (
+        "Error: --vocab-size 100 is below the byte alphabet of byte-level BPE "
+        "(256 bytes + 4 special tokens = 260); use --vocab-size 260 or more"
+    )
     r = cli("tokenize", "train", "--input", corpus, "--type", "sentencepiece", "--name", "x")
-    assert r.exit_code == 2 and _error(r).startswith("Error: unknown --type 'sentencepiece'; use one of bpe")
+    assert (r.exit_code, _error(r)) == (2, "Error: --type sentencepiece: must be one of bpe, wordpiece, unigram")
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     r = cli("tokenize", "train", "--input", empty, "--vocab-size", 300, "--name", "x")
@@ -130,7 +133,10 @@ def test_train_bad_inputs(cli, corpus, tmp_path):
     binary = tmp_path / "model.bin"
     binary.write_bytes(bytes(range(256)) * 8)
     r = cli("tokenize", "train", "--input", binary, "--vocab-size", 300, "--name", "x")
-    assert r.exit_code == 1 and "looks binary (it contains NUL bytes)" in _error(r)
+    assert r.exit_code == 1 and _error(r) == (
+        f"Error: input {binary} looks binary (NUL byte at offset 0, line 1); "
+        "give a UTF-8 text file (.txt, .jsonl or .json) or a .parquet file"
+    )
     r = cli("tokenize", "train", "--input", tmp_path / "missing.txt", "--name", "x")
     assert r.exit_code == 1 and "does not exist" in _error(r)
     r = cli("tokenize", "train", "--vocab-size", 300, "--name", "x")
@@ -178,7 +184,7 @@ def test_encode_writes_eos_separated_shards_with_a_document_split(cli, tok, corp
         nbytes = 0
         for start, end in zip(offsets, ends):
             assert toks[end - 1] == eos
-            text = backend.decode(toks[start:end - 1].tolist())
+            text = backend.decode(toks[start : end - 1].tolist())
             assert text in paragraphs
             nbytes += len(text.encode("utf-8"))
         assert data.index["splits"][split]["bytes"] == nbytes  # pretrain's bits per byte uses it
@@ -196,8 +202,8 @@ def test_encode_is_deterministic_and_workers_agree(cli, tok, corpus, tmp_path):
 
 
 def test_encode_small_shards_and_no_val(cli, tok, corpus, tmp_path, config):
-    from llmctl.tokenize import encode_corpus
     from llmctl.token_data import TokenData
+    from llmctl.tokenize import encode_corpus
 
     cfg = config(encode__val_fraction=0.0, encode__workers=1)
     cfg["encode"]["shard_mtokens"] = 1
@@ -229,10 +235,23 @@ def test_encode_bad_inputs(cli, tok, corpus, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     r = cli("tokenize", "encode", "--tokenizer", tok, "--input", corpus, "--output", out)
-    assert r.exit_code == 1 and _error(r) == f"Error: output dir {out} already exists; pick another name or pass --force"
+    assert (
+        r.exit_code == 1 and _error(r) == f"Error: output dir {out} already exists; pick another path or pass --force"
+    )
     for bad in ("1.0", "-0.1", "1.5"):
-        r = cli("tokenize", "encode", "--tokenizer", tok, "--input", corpus, "--output", tmp_path / "v", "--val-fraction", bad)
-        assert r.exit_code == 2 and _error(r).startswith(f"Error: --val-fraction must be in [0, 1), got {float(bad)}")
+        r = cli(
+            "tokenize",
+            "encode",
+            "--tokenizer",
+            tok,
+            "--input",
+            corpus,
+            "--output",
+            tmp_path / "v",
+            "--val-fraction",
+            bad,
+        )
+        assert (r.exit_code, _error(r)) == (2, f"Error: --val-fraction {bad}: must be at least 0 and less than 1")
     r = cli("tokenize", "encode", "--tokenizer", "nope", "--input", corpus, "--output", tmp_path / "n")
     assert r.exit_code == 1 and _error(r).startswith("Error: --tokenizer 'nope': no model named 'nope'")
     r = cli("tokenize", "encode", "--tokenizer", tok, "--input", corpus)
@@ -243,8 +262,9 @@ def test_encode_bad_inputs(cli, tok, corpus, tmp_path):
     assert r.exit_code == 1 and "is empty" in _error(r)
     jl = write_jsonl(tmp_path / "rows.jsonl", [{"body": "hello"}])
     r = cli("tokenize", "encode", "--tokenizer", tok, "--input", jl, "--output", tmp_path / "x")
-    assert r.exit_code == 1 and _error(r) == (f"Error: {jl} line 1 has no field 'text' (fields: body); "
-                                              "name the text field with --text-field")
+    assert r.exit_code == 1 and _error(r) == (
+        f"Error: input {jl} line 1 has no field 'text' (fields: body); name the text field with --text-field"
+    )
     assert not (tmp_path / "x").exists() and not (tmp_path / "v").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
@@ -264,37 +284,79 @@ def test_encode_disk_full_leaves_nothing(workers, cli, tok, corpus, tmp_path, mo
 
     monkeypatch.setattr(token_data.ShardWriter, "add_documents", full)
     out = tmp_path / "full"
-    r = cli("tokenize", "encode", "--tokenizer", tok, "--input", corpus, "--output", out, "--workers", workers,
-            "--set", "encode.chunk_kb=1")
+    r = cli(
+        "tokenize",
+        "encode",
+        "--tokenizer",
+        tok,
+        "--input",
+        corpus,
+        "--output",
+        out,
+        "--workers",
+        workers,
+        "--set",
+        "encode.chunk_kb=1",
+    )
     assert r.exit_code == 1
-    assert _error(r) == (f"Error: disk full while writing token shards for {out}; nothing was kept; "
-                         "free disk space or pass an --output on another disk")
+    assert _error(r) == (
+        f"Error: disk full while writing token shards for {out}; nothing was kept; "
+        "free disk space or pass an --output on another disk"
+    )
     assert calls["n"] == 3
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_encode_curation_steps_reported(cli, tok, tmp_path):
     base = _paragraphs(8)  # 8 distinct sentence pairs
-    eval_rows = [{"ctx": "the brave little tailor sewed seven flies with one blow before breakfast on monday morning",
-                  "endings": ["short ending"]}]
+    eval_rows = [
+        {
+            "ctx": "the brave little tailor sewed seven flies with one blow before breakfast on monday morning",
+            "endings": ["short ending"],
+        }
+    ]
     evalf = write_jsonl(tmp_path / "eval.jsonl", eval_rows)
     docs = [
         *base,
-        base[0],                                   # exact duplicate
-        base[1].replace("\n", "  \n  "),           # duplicate up to whitespace
-        base[2] + " Extra.",                        # near duplicate
-        "ok",                                       # too short
-        "hello!!! world??? again;;; there...",    # symbols
+        base[0],  # exact duplicate
+        base[1].replace("\n", "  \n  "),  # duplicate up to whitespace
+        base[2] + " Extra.",  # near duplicate
+        "ok",  # too short
+        "hello!!! world??? again;;; there...",  # symbols
         "Mail bob@example.com or call +1 415-555-0100 from 192.168.1.20 today please, said the clerk.",
-        "As the story goes, the brave little tailor sewed seven flies with one blow before breakfast on Monday morning.",
+        "As the story goes, the brave little tailor sewed seven flies with one blow before breakfast on Monday "
+        "morning.",
     ]
     src = write_jsonl(tmp_path / "docs.jsonl", [{"text": d} for d in docs])
-    info = _encode(cli, tok, src, tmp_path / "cur", "--quality", "--pii", "--dedup", "--near-dedup",
-                   "--decontaminate", evalf, "--val-fraction", 0)
+    info = _encode(
+        cli,
+        tok,
+        src,
+        tmp_path / "cur",
+        "--quality",
+        "--pii",
+        "--dedup",
+        "--near-dedup",
+        "--decontaminate",
+        evalf,
+        "--val-fraction",
+        0,
+    )
     steps = {s["step"]: s for s in info["curation"]["steps"]}
-    assert [s["step"] for s in info["curation"]["steps"]] == ["exact_dedup", "quality", "decontaminate", "pii", "near_dedup"]
-    assert steps["quality"] == {"step": "quality", "in": 13, "dropped": 2, "kept": 11,
-                                "reasons": {"too_many_symbols": 1, "too_short": 1}}
+    assert [s["step"] for s in info["curation"]["steps"]] == [
+        "exact_dedup",
+        "quality",
+        "decontaminate",
+        "pii",
+        "near_dedup",
+    ]
+    assert steps["quality"] == {
+        "step": "quality",
+        "in": 13,
+        "dropped": 2,
+        "kept": 11,
+        "reasons": {"too_many_symbols": 1, "too_short": 1},
+    }
     assert (steps["decontaminate"]["in"], steps["decontaminate"]["dropped"]) == (11, 1)
     assert steps["pii"]["docs_redacted"] == 1 and steps["pii"]["redactions"] == {"email": 1, "ip": 1, "phone": 1}
     assert (steps["exact_dedup"]["in"], steps["exact_dedup"]["dropped"]) == (15, 2)
@@ -310,8 +372,9 @@ def test_encode_curation_steps_reported(cli, tok, tmp_path):
 def test_quality_filter_rules():
     from llmctl.curation import QualityFilter
 
-    q = QualityFilter(min_chars=10, max_chars=200, min_words=3, min_alpha_ratio=0.5, max_symbol_ratio=0.3,
-                      max_dup_line_ratio=0.3)
+    q = QualityFilter(
+        min_chars=10, max_chars=200, min_words=3, min_alpha_ratio=0.5, max_symbol_ratio=0.3, max_dup_line_ratio=0.3
+    )
     assert q.check("A perfectly ordinary sentence about the sea.") is None
     assert q.check("tiny") == "too_short"
     assert q.check("word " * 60) == "too_long"
@@ -324,8 +387,10 @@ def test_quality_filter_rules():
 def test_pii_redaction():
     from llmctl.curation import redact_pii
 
-    text, counts = redact_pii("Write to jane.doe@mail.example.org, ring (020) 7946-0018 or +44 20 7946 0958; "
-                              "server 10.0.0.255 and fe80:0:0:0:200:f8ff:fe21:67cf. Year 2024, 3.14159, v1.2.3.")
+    text, counts = redact_pii(
+        "Write to jane.doe@mail.example.org, ring (020) 7946-0018 or +44 20 7946 0958; "
+        "server 10.0.0.255 and fe80:0:0:0:200:f8ff:fe21:67cf. Year 2024, 3.14159, v1.2.3."
+    )
     assert text == ("Write to <EMAIL>, ring <PHONE> or <PHONE>; server <IP> and <IP>. Year 2024, 3.14159, v1.2.3.")
     assert counts == {"email": 1, "phone": 2, "ip": 2}
     assert redact_pii("mail a@b.io, ip 1.2.3.4", kinds=("email",)) == ("mail <EMAIL>, ip 1.2.3.4", {"email": 1})
@@ -351,8 +416,13 @@ def test_decontaminator_bad_file(tmp_path):
         Decontaminator.from_files([tmp_path / "nope.jsonl"])
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json\n")
-    with pytest.raises(LlmctlError, match="line 1 is not JSON"):
+    with pytest.raises(LlmctlError) as exc:
         Decontaminator.from_files([bad])
+    assert exc.value.one_line() == (
+        f"decontamination file {bad} line 1 is not valid JSON (Expecting property name "
+        "enclosed in double quotes at column 2); each line must be one JSON object, "
+        'e.g. {"text": "…"}'
+    )
 
 
 def test_exact_and_near_dedup():
@@ -396,7 +466,9 @@ def test_stats_unknown_rate_with_wordpiece(cli, corpus, config, tmp_path):
 
 def test_stats_bad_input(cli, tok, tmp_path):
     r = cli("tokenize", "stats", "--tokenizer", tok, "--input", tmp_path / "nope.txt")
-    assert r.exit_code == 1 and _error(r) == f"Error: input {tmp_path / 'nope.txt'} does not exist; check the --input path"
+    assert (
+        r.exit_code == 1 and _error(r) == f"Error: input {tmp_path / 'nope.txt'} does not exist; check the --input path"
+    )
 
 
 def test_show(cli, tok):
@@ -423,15 +495,23 @@ def test_encode_doc_split_json_input_and_uint32(cli, tok, corpus, tmp_path, conf
     import json as _json
 
     from llmctl import token_data
-    from llmctl.tokenize import encode_corpus
     from llmctl.token_data import TokenData
+    from llmctl.tokenize import encode_corpus
 
     lines = [ln for ln in corpus.read_text().splitlines() if ln.strip()]
-    res = encode_corpus(tok, [corpus], config(input__doc_split="line", encode__val_fraction=0.0, encode__workers=1),
-                        output=tmp_path / "lines")
+    res = encode_corpus(
+        tok,
+        [corpus],
+        config(input__doc_split="line", encode__val_fraction=0.0, encode__workers=1),
+        output=tmp_path / "lines",
+    )
     assert res.index["stats"]["docs_read"] == len(lines) == 80
-    whole = encode_corpus(tok, [corpus], config(input__doc_split="file", encode__val_fraction=0.0, encode__workers=1),
-                          output=tmp_path / "file")
+    whole = encode_corpus(
+        tok,
+        [corpus],
+        config(input__doc_split="file", encode__val_fraction=0.0, encode__workers=1),
+        output=tmp_path / "file",
+    )
     assert whole.index["splits"]["train"]["docs"] == 1
     arr = tmp_path / "rows.json"
     arr.write_text(_json.dumps([{"t": p} for p in _paragraphs(5)]))
@@ -452,8 +532,9 @@ def test_stats_of_an_encoded_data_dir_matches_the_text(cli, tok, corpus, tmp_pat
     for key in ("docs", "tokens", "bytes", "bytes_per_token", "unk_tokens", "vocab_used"):
         assert from_data[key] == from_text[key], key
     assert from_data["top_tokens"] == from_text["top_tokens"]
-    assert sorted(h["docs"] for h in from_data["doc_tokens"]["histogram"]) == \
-        sorted(h["docs"] for h in from_text["doc_tokens"]["histogram"])
+    assert sorted(h["docs"] for h in from_data["doc_tokens"]["histogram"]) == sorted(
+        h["docs"] for h in from_text["doc_tokens"]["histogram"]
+    )
     r = cli("tokenize", "stats", "--input", corpus)
     assert r.exit_code == 2 and _error(r).startswith("Error: --tokenizer is required for text files")
 
@@ -483,8 +564,10 @@ def _reference_docs(raw: bytes, doc_split: str) -> list[str]:
 def test_block_reader_matches_line_by_line_reading(tmp_path, doc_split, block):
     from llmctl.tokenize import DocReader
 
-    raw = ("\n\n  First para, line one.\r\nline two  \r\n \t \r\n\nSecond — naïve café 😀\n"
-           "   indented third\n\n\n\nFourth\n  \nFifth ends without newline   \n   ").encode("utf-8")
+    raw = (
+        "\n\n  First para, line one.\r\nline two  \r\n \t \r\n\nSecond — naïve café 😀\n"
+        "   indented third\n\n\n\nFourth\n  \nFifth ends without newline   \n   "
+    ).encode()
     f = tmp_path / "t.txt"
     f.write_bytes(raw)
     reader = DocReader([f], doc_split=doc_split, block_bytes=block)
@@ -497,10 +580,10 @@ def test_block_reader_reports_bad_bytes(tmp_path):
 
     f = tmp_path / "late.txt"
     f.write_bytes(b"fine text\n" * 10 + b"bad \xff byte\n")
-    with pytest.raises(LlmctlError, match=r"is not UTF-8 text \(bad byte at offset 104\)"):
+    with pytest.raises(LlmctlError, match=r"is not UTF-8 text \(byte 0xff at offset 104, line 11\)"):
         list(DocReader([f], block_bytes=16))
     f.write_bytes(b"fine text\n" * 10 + b"nul \x00 byte\n")
-    with pytest.raises(LlmctlError, match=r"looks binary \(NUL byte at offset 104\)"):
+    with pytest.raises(LlmctlError, match=r"looks binary \(NUL byte at offset 104, line 11\)"):
         list(DocReader([f], block_bytes=16))
 
 

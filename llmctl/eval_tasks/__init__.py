@@ -26,6 +26,17 @@ from pathlib import Path
 import yaml
 
 from llmctl.errors import LlmctlError
+from llmctl.eval_tasks.files import (  # noqa: F401 - split_of is part of this package's interface
+    DATA_EXTS,
+    TEXT_EXTS,
+    _eval_file,
+    _first_record,
+    _pick_format,
+    _words,
+    family_dirs,
+    scan,
+    split_of,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -42,13 +53,14 @@ TASK_FAMILY = {
 LOCAL_TASKS = tuple(TASK_FAMILY)
 
 # the split each standard task scores (the one that must be present)
-EVAL_SPLIT = {"hellaswag": "validation", "arc": "test", "piqa": "validation", "winogrande": "validation",
-              "mmlu": "test", "wikitext": "test"}
-DATA_EXTS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-TEXT_EXTS = {".raw", ".txt", ".tokens"}
-_SPLIT_WORDS = {"val": "validation", "valid": "validation", "validation": "validation", "dev": "validation",
-                "test": "test", "train": "train"}
-_FORMAT_PREF = ("parquet", "json", "csv")
+EVAL_SPLIT = {
+    "hellaswag": "validation",
+    "arc": "test",
+    "piqa": "validation",
+    "winogrande": "validation",
+    "mmlu": "test",
+    "wikitext": "test",
+}
 
 LAYOUT_HELP = """\
 Local data (--data-dir DIR or LLMCTL_DATA_DIR): one folder per task family,
@@ -86,94 +98,29 @@ class TaskSetup:
     notes: list[str] = field(default_factory=list)
 
 
-def family_dirs(data_dir: Path, family: str) -> list[Path]:
-    """Folders of a family in the data dir: `arc/`, also `wikitext-2-raw/` etc. for wikitext."""
-    if not data_dir.is_dir():
-        return []
-    out = []
-    for child in sorted(data_dir.iterdir()):
-        if not child.is_dir():
-            continue
-        name = child.name.lower()
-        if name == family or (family == "wikitext" and name.startswith("wikitext")) or \
-                (family == "arc" and name in ("ai2_arc", "arc-challenge", "arc-easy", "arc_easy", "arc_challenge")):
-            out.append(child)
-    return out
-
-
-def _words(path: Path, root: Path) -> list[str]:
-    rel = path.relative_to(root)
-    return [w for w in re.split(r"[^a-z0-9]+", str(rel.with_suffix("")).lower()) if w]
-
-
-def split_of(path: Path, root: Path, family: str) -> str | None:
-    """The split a file holds, from its name (then its folder names)."""
-    stem_words = [w for w in re.split(r"[^a-z0-9]+", path.stem.lower()) if w]
-    for words in (stem_words, _words(path, root)):
-        for w in words:
-            if w == "dev" and family == "mmlu":
-                return "dev"
-            if w in _SPLIT_WORDS:
-                return _SPLIT_WORDS[w]
-    return None
-
-
-def scan(data_dir: Path, family: str) -> list[tuple[Path, Path]]:
-    """Every candidate file of a family: (file, family folder)."""
-    found = []
-    for folder in family_dirs(data_dir, family):
-        for path in sorted(folder.rglob("*")):
-            if path.is_file() and not path.name.startswith("."):
-                found.append((path, folder))
-    return found
-
-
-def _pick_format(files: list[Path]) -> tuple[str, list[Path]]:
-    by_fmt: dict[str, list[Path]] = {}
-    for f in files:
-        by_fmt.setdefault(DATA_EXTS[f.suffix.lower()], []).append(f)
-    for fmt in _FORMAT_PREF:
-        if fmt in by_fmt:
-            return fmt, by_fmt[fmt]
-    raise AssertionError("no data files")
-
-
 def _missing(task: str, data_dir: Path) -> LlmctlError:
     folders = family_dirs(data_dir, TASK_FAMILY[task])
     where = ", ".join(str(f) for f in folders) if folders else f"{data_dir} (no {TASK_FAMILY[task]}/ folder)"
-    return LlmctlError(f"no data for task {task!r}: expected {expected_files(task)} under {data_dir}; searched {where}",
-                       hint="put the files there (see `llmctl eval --help` for the layout) or pass another --data-dir")
+    return LlmctlError(
+        f"no data for task {task!r}: expected {expected_files(task)} under {data_dir}; searched {where}",
+        hint="put the files there (see `llmctl eval --help` for the layout) or pass another --data-dir",
+    )
 
 
-def _first_record(path: Path, fmt: str) -> dict:
-    """The first row of a data file (to tell layouts apart)."""
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        return {name: None for name in pq.read_schema(path).names}
-    if fmt == "csv":
-        import csv
-
-        with open(path, newline="", encoding="utf-8") as fh:
-            row = next(csv.reader(fh), [])
-        return {name: None for name in row}
-    with open(path, encoding="utf-8") as fh:
-        head = fh.read(1).strip()
-        fh.seek(0)
-        if head == "[":
-            data = json.load(fh)
-            return data[0] if data else {}
-        for line in fh:
-            if line.strip():
-                return json.loads(line)
-    return {}
-
-
-def _task_yaml(template: str, fmt: str, data_files: dict[str, list[str]], splits: dict[str, str | None],
-               extra: dict | None = None, functions: dict[str, str] | None = None,
-               dataset_kwargs: dict | None = None) -> str:
-    cfg = {"include": str(HERE / template), "dataset_path": fmt,
-           "dataset_kwargs": {"data_files": data_files, **(dataset_kwargs or {})}}
+def _task_yaml(
+    template: str,
+    fmt: str,
+    data_files: dict[str, list[str]],
+    splits: dict[str, str | None],
+    extra: dict | None = None,
+    functions: dict[str, str] | None = None,
+    dataset_kwargs: dict | None = None,
+) -> str:
+    cfg = {
+        "include": str(HERE / template),
+        "dataset_path": fmt,
+        "dataset_kwargs": {"data_files": data_files, **(dataset_kwargs or {})},
+    }
     cfg.update(splits)
     cfg.update(extra or {})
     text = yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True, width=10_000)
@@ -199,8 +146,9 @@ def _split_files(task: str, data_dir: Path, subset: str | None = None) -> dict[s
     return splits
 
 
-def _simple_task(task: str, template: str, data_dir: Path, out: Path, setup: TaskSetup,
-                 subset: str | None = None) -> None:
+def _simple_task(
+    task: str, template: str, data_dir: Path, out: Path, setup: TaskSetup, subset: str | None = None
+) -> None:
     family = TASK_FAMILY[task]
     splits = _split_files(task, data_dir, subset)
     eval_split = EVAL_SPLIT[family]
@@ -219,11 +167,24 @@ def _simple_task(task: str, template: str, data_dir: Path, out: Path, setup: Tas
         files = [str(p) for p in splits.get(split, []) if DATA_EXTS[p.suffix.lower()] == fmt]
         if files:
             data_files[split] = files
-    split_keys = {"training_split": "train" if "train" in data_files else None,
-                  "validation_split": "validation" if "validation" in data_files else None,
-                  "test_split": "test" if "test" in data_files else None}
+    split_keys = {
+        "training_split": "train" if "train" in data_files else None,
+        "validation_split": "validation" if "validation" in data_files else None,
+        "test_split": "test" if "test" in data_files else None,
+    }
+    _check_files(data_files, fmt)
     (out / f"{task}.yaml").write_text(_task_yaml(template, fmt, data_files, split_keys), encoding="utf-8")
     setup.files[task] = data_files
+
+
+def _check_files(data_files: dict[str, list[str]], fmt: str) -> None:
+    """Read every JSON/JSONL record once, so a bad line is reported by llmctl (file, line, fix), not by datasets."""
+    if fmt not in ("json", "jsonl"):
+        return
+    for files in data_files.values():
+        for f in files:
+            for _ in _eval_file(Path(f)).check().records():
+                pass
 
 
 def _piqa_merge_labels(splits: dict[str, list[Path]], out: Path) -> dict[str, list[Path]]:
@@ -234,14 +195,25 @@ def _piqa_merge_labels(splits: dict[str, list[Path]], out: Path) -> dict[str, li
         for f in files:
             labels = f.with_name(f.stem + "-labels.lst")
             if f.suffix.lower() == ".jsonl" and labels.is_file():
-                rows = [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
-                marks = [int(x) for x in labels.read_text().split()]
+                from llmctl.records import read_text
+
+                rows = [r.value for r in _eval_file(f, "jsonl").check().records()]
+                try:
+                    marks = [int(x) for x in read_text(labels, what="labels file").split()]
+                except ValueError as exc:
+                    raise LlmctlError(
+                        f"labels file {labels} holds something other than integer labels",
+                        hint="give one 0/1 label per line, as in the original PIQA release",
+                    ) from exc
                 if len(marks) != len(rows):
-                    raise LlmctlError(f"{labels} has {len(marks)} labels for {len(rows)} rows in {f}",
-                                      hint="use the labels file that belongs to this split")
+                    raise LlmctlError(
+                        f"{labels} has {len(marks)} labels for {len(rows)} rows in {f}",
+                        hint="use the labels file that belongs to this split",
+                    )
                 target = out / f"piqa-{split}-{f.stem}.jsonl"
-                target.write_text("".join(json.dumps({**r, "label": m}) + "\n" for r, m in zip(rows, marks)),
-                                  encoding="utf-8")
+                target.write_text(
+                    "".join(json.dumps({**r, "label": m}) + "\n" for r, m in zip(rows, marks)), encoding="utf-8"
+                )
                 new.append(target)
             else:
                 new.append(f)
@@ -266,9 +238,11 @@ def split_pages(text: str) -> list[str]:
 
 
 def _wikitext_task(data_dir: Path, out: Path, setup: TaskSetup) -> None:
-    candidates = [(p, r) for p, r in scan(data_dir, "wikitext")
-                  if split_of(p, r, "wikitext") == "test"
-                  and (p.suffix.lower() in TEXT_EXTS or p.suffix.lower() in DATA_EXTS)]
+    candidates = [
+        (p, r)
+        for p, r in scan(data_dir, "wikitext")
+        if split_of(p, r, "wikitext") == "test" and (p.suffix.lower() in TEXT_EXTS or p.suffix.lower() in DATA_EXTS)
+    ]
     if not candidates:
         raise _missing("wikitext", data_dir)
     pages: list[str] = []
@@ -276,13 +250,16 @@ def _wikitext_task(data_dir: Path, out: Path, setup: TaskSetup) -> None:
     for path, _ in candidates:
         suffix = path.suffix.lower()
         if suffix in TEXT_EXTS:
-            pages += split_pages(path.read_text(encoding="utf-8"))
+            from llmctl.records import read_text
+
+            pages += split_pages(read_text(path, what="eval data file"))
         else:
             fmt = DATA_EXTS[suffix]
             first = _first_record(path, fmt)
             if "page" in first:
-                (out / "wikitext.yaml").write_text(_task_yaml("wikitext.yaml", fmt, {"test": [str(path)]},
-                                                              {"test_split": "test"}), encoding="utf-8")
+                (out / "wikitext.yaml").write_text(
+                    _task_yaml("wikitext.yaml", fmt, {"test": [str(path)]}, {"test_split": "test"}), encoding="utf-8"
+                )
                 setup.files["wikitext"] = {"test": [str(path)]}
                 return
             if "text" in first:  # wikitext-2-raw-v1 rows: one line each
@@ -298,8 +275,9 @@ def _wikitext_task(data_dir: Path, out: Path, setup: TaskSetup) -> None:
         raise _missing("wikitext", data_dir)
     target = out / "wikitext-test.jsonl"
     target.write_text("".join(json.dumps({"page": p}, ensure_ascii=False) + "\n" for p in pages), encoding="utf-8")
-    (out / "wikitext.yaml").write_text(_task_yaml("wikitext.yaml", "json", {"test": [str(target)]},
-                                                  {"test_split": "test"}), encoding="utf-8")
+    (out / "wikitext.yaml").write_text(
+        _task_yaml("wikitext.yaml", "json", {"test": [str(target)]}, {"test_split": "test"}), encoding="utf-8"
+    )
     setup.files["wikitext"] = {"test": sources}
     setup.notes.append(f"wikitext: {len(pages)} documents from {sources[0]}")
 
@@ -313,6 +291,7 @@ def find_text_file(data_dir: Path) -> Path | None:
 
 
 # ---- mmlu --------------------------------------------------------------------------------------
+
 
 def mmlu_subjects() -> dict[str, dict]:
     """lm-eval's own MMLU subject list: subject → {task, task_alias, tag, description}."""
@@ -364,7 +343,9 @@ def _mmlu_tasks(data_dir: Path, out: Path, setup: TaskSetup) -> list[str]:
         if "test" not in src:
             src = {**shared, **src}
         fmt, _ = _pick_format(src["test"])
-        data_files = {s: [str(p) for p in src[s] if DATA_EXTS[p.suffix.lower()] == fmt] for s in ("test", "dev") if s in src}
+        data_files = {
+            s: [str(p) for p in src[s] if DATA_EXTS[p.suffix.lower()] == fmt] for s in ("test", "dev") if s in src
+        }
         data_files = {s: v for s, v in data_files.items() if v}
         kwargs = {}
         if fmt == "csv" and "question" not in _first_record(Path(data_files["test"][0]), "csv"):
@@ -374,8 +355,15 @@ def _mmlu_tasks(data_dir: Path, out: Path, setup: TaskSetup) -> list[str]:
         if "dev" not in data_files:
             extra["fewshot_split"] = None
             extra["fewshot_config"] = None
-        text = _task_yaml("mmlu_subject.yaml", fmt, data_files, splits_cfg, extra,
-                          {"process_docs": f"llmctl.eval_tasks.utils.mmlu_docs_{subject}"}, kwargs)
+        text = _task_yaml(
+            "mmlu_subject.yaml",
+            fmt,
+            data_files,
+            splits_cfg,
+            extra,
+            {"process_docs": f"llmctl.eval_tasks.utils.mmlu_docs_{subject}"},
+            kwargs,
+        )
         (out / f"{meta['task']}.yaml").write_text(text, encoding="utf-8")
         written.append(meta["task"])
     # lm-eval's groups, keeping only members that exist here (an empty tag would break the group)
@@ -401,12 +389,15 @@ def _subjects_in(files: list[Path], fmt: str) -> set[str]:
 
     ds = datasets.load_dataset(fmt, data_files=[str(f) for f in files], split="train")
     if "subject" not in ds.column_names:
-        raise LlmctlError(f"MMLU file {files[0]} has no 'subject' column and its name names no subject",
-                          hint="use the HF layout (question, subject, choices, answer) or <subject>_test.csv files")
+        raise LlmctlError(
+            f"MMLU file {files[0]} has no 'subject' column and its name names no subject",
+            hint="use the HF layout (question, subject, choices, answer) or <subject>_test.csv files",
+        )
     return set(ds.unique("subject"))
 
 
 # ---- entry point -------------------------------------------------------------------------------
+
 
 def is_local_task(name: str) -> bool:
     """Whether llmctl ships an offline config for this task name (incl. mmlu subjects and groups)."""
@@ -428,8 +419,10 @@ def write_task_dir(tasks: list[str], data_dir: Path, out: Path) -> TaskSetup:
     """
     data_dir = Path(data_dir).expanduser()
     if not data_dir.is_dir():
-        raise LlmctlError(f"data dir {data_dir} does not exist",
-                          hint="pass --data-dir DIR (or set LLMCTL_DATA_DIR) with one folder per task family")
+        raise LlmctlError(
+            f"data dir {data_dir} does not exist",
+            hint="pass --data-dir DIR (or set LLMCTL_DATA_DIR) with one folder per task family",
+        )
     out.mkdir(parents=True, exist_ok=True)
     setup = TaskSetup(include_path=out)
     done: set[str] = set()

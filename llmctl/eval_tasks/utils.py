@@ -28,13 +28,16 @@ def hellaswag_docs(dataset):
 def arc_docs(dataset):
     """AI2 ARC jsonl (question.stem / question.choices[{text,label}]) → HF layout; HF layout unchanged."""
     if "question" in dataset.features and isinstance(dataset.features["question"], dict):
+
         def convert(doc):
             q = doc["question"]
             return {
                 "id": doc.get("id", ""),
                 "question": q["stem"],
-                "choices": {"text": [c["text"] for c in q["choices"]],
-                            "label": [str(c["label"]) for c in q["choices"]]},
+                "choices": {
+                    "text": [c["text"] for c in q["choices"]],
+                    "label": [str(c["label"]) for c in q["choices"]],
+                },
                 "answerKey": str(doc["answerKey"]),
             }
 
@@ -72,16 +75,30 @@ def mmlu_docs(dataset, subject: str):
     if "subject" in cols:
         dataset = dataset.filter(lambda d: d["subject"] == subject)
     if "choices" not in cols and all(k in cols for k in MMLU_LETTERS):
+
         def convert(doc):
             answer = doc["answer"]
-            answer = MMLU_LETTERS.index(answer.strip()) if isinstance(answer, str) and not answer.strip().isdigit() else int(answer)
-            return {"question": doc["question"], "subject": subject,
-                    "choices": [str(doc[k]) for k in MMLU_LETTERS], "answer": answer}
+            answer = (
+                MMLU_LETTERS.index(answer.strip())
+                if isinstance(answer, str) and not answer.strip().isdigit()
+                else int(answer)
+            )
+            return {
+                "question": doc["question"],
+                "subject": subject,
+                "choices": [str(doc[k]) for k in MMLU_LETTERS],
+                "answer": answer,
+            }
 
         dataset = dataset.map(convert, remove_columns=cols)
     elif "answer" in cols and dataset.features["answer"].dtype == "string":
-        dataset = dataset.map(lambda d: {"answer": MMLU_LETTERS.index(d["answer"].strip())
-                                         if not d["answer"].strip().isdigit() else int(d["answer"])})
+        dataset = dataset.map(
+            lambda d: {
+                "answer": MMLU_LETTERS.index(d["answer"].strip())
+                if not d["answer"].strip().isdigit()
+                else int(d["answer"])
+            }
+        )
     return dataset
 
 

@@ -1,8 +1,11 @@
 """Settings of `llmctl generate`."""
 
-from llmctl.schema import Field, Section
+from llmctl.schema import Field, Section, device_field, dtype_field
+from llmctl.schemas._rope import ROPE_RULES, rope_section
+from llmctl.schemas.serve import BACKENDS
 
 SCHEMA = Section(
+    rules=ROPE_RULES,
     max_new_tokens=Field(int, 256, "tokens to generate at most per answer", ge=1),
     do_sample=Field(bool, False, "sample (true) or decode greedily / by beam search (false)"),
     temperature=Field(float, 1.0, "softmax temperature when sampling; 0 means greedy", ge=0.0),
@@ -19,6 +22,10 @@ SCHEMA = Section(
     chat=Field(bool, None, "apply the model's chat template; null = when the model has one", nullable=True),
     system=Field(str, None, "system message for chat models", nullable=True),
     batch_size=Field(int, 8, "prompts per forward pass in batch mode", ge=1),
-    dtype=Field(str, "auto", "weights dtype", choices=["auto", "float32", "bfloat16", "float16"]),
-    device=Field(str, "auto", "device: auto, cpu, cuda, cuda:N or mps"),
+    dtype=dtype_field("auto", "weights dtype; auto = the checkpoint's own"),
+    device=device_field(),
+    backend=Field(
+        str, "auto", "inference backend; auto = the fastest that fits the model and settings", choices=BACKENDS
+    ),
+    rope=rope_section(),
 )

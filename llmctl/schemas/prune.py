@@ -2,15 +2,34 @@
 
 from llmctl.schema import Field, Section
 
+
+def _n_m(pattern: str) -> bool:
+    """N:M with 0 < N < M (2:4, 4:8)."""
+    n, sep, m = pattern.partition(":")
+    return bool(sep) and n.isdigit() and m.isdigit() and 0 < int(n) < int(m)
+
+
 SCHEMA = Section(
     method=Field(str, "wanda", "unstructured/N:M criterion", choices=["magnitude", "wanda", "sparsegpt"]),
-    sparsity=Field(float, None, "share of zero weights in every decoder linear, in (0, 1)", nullable=True),
-    pattern=Field(str, None, "N:M semi-structured sparsity: N non-zeros in every M inputs (2:4, 4:8)", nullable=True),
-    structure=Field(str, None, "remove whole attention heads or MLP channels instead", nullable=True,
-                    choices=["heads", "channels"]),
-    ratio=Field(float, None, "structured: share of heads / channels to remove, in (0, 1)", nullable=True),
-    head_mode=Field(str, "query", "GQA heads: drop query heads evenly inside each kv group, or whole kv groups",
-                    choices=["query", "group"]),
+    sparsity=Field(float, None, "share of zero weights in every decoder linear, in (0, 1)", nullable=True, gt=0, lt=1),
+    pattern=Field(
+        str,
+        None,
+        "N:M semi-structured sparsity: N non-zeros in every M inputs (2:4, 4:8)",
+        nullable=True,
+        check=_n_m,
+        rule="N:M with 0 < N < M, e.g. 2:4",
+    ),
+    structure=Field(
+        str, None, "remove whole attention heads or MLP channels instead", nullable=True, choices=["heads", "channels"]
+    ),
+    ratio=Field(float, None, "structured: share of heads / channels to remove, in (0, 1)", nullable=True, gt=0, lt=1),
+    head_mode=Field(
+        str,
+        "query",
+        "GQA heads: drop query heads evenly inside each kv group, or whole kv groups",
+        choices=["query", "group"],
+    ),
     calib=Section(
         "calibration data",
         data=Field(str, None, "text file, JSONL/JSON records or registry data name; null = none", nullable=True),
@@ -20,8 +39,9 @@ SCHEMA = Section(
     ),
     eval=Section(
         "held-out perplexity before/after (llmctl.perplexity)",
-        data=Field(str, None, "text file to score; null = the last eval.tokens tokens of the calibration data",
-                   nullable=True),
+        data=Field(
+            str, None, "text file to score; null = the last eval.tokens tokens of the calibration data", nullable=True
+        ),
         tokens=Field(int, 8192, "held-out tokens to score (0 = no perplexity)", ge=0),
         seqlen=Field(int, 512, "window length for perplexity (non-overlapping windows)", ge=2),
     ),

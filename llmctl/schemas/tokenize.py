@@ -11,21 +11,32 @@ SCHEMA = Section(
         bos_token=Field(str, "<|bos|>", "beginning-of-sequence token; null = none", nullable=True),
         eos_token=Field(str, "<|endoftext|>", "end-of-sequence token, also the document separator", nullable=True),
         pad_token=Field(str, "<|pad|>", "padding token; null = none", nullable=True),
-        unk_token=Field(str, "<|unk|>", "unknown token (required by wordpiece and unigram); null = none", nullable=True),
+        unk_token=Field(
+            str, "<|unk|>", "unknown token (required by wordpiece and unigram); null = none", nullable=True
+        ),
         extra_special_tokens=Field(list, [], "more special tokens, e.g. <|im_start|>", item=str),
         model_max_length=Field(int, 2048, "max sequence length recorded in the tokenizer config", ge=1),
     ),
     input=Section(
         "how input files become documents (train, encode, stats)",
-        doc_split=Field(str, "blank-line", "documents in .txt files: paragraphs, lines or whole files",
-                        choices=["blank-line", "line", "file"]),
+        doc_split=Field(
+            str,
+            "blank-line",
+            "documents in .txt files: paragraphs, lines or whole files",
+            choices=["blank-line", "line", "file"],
+        ),
         text_field=Field(str, "text", "field holding the text in .jsonl/.json/.parquet rows"),
     ),
     encode=Section(
         "writing token shards (`tokenize encode`)",
         val_fraction=Field(float, 0.1, "share of documents in the validation split", ge=0.0, lt=1.0),
         seed=Field(int, 1234, "seed of the document-level train/val split"),
-        workers=Field(int, 0, "worker processes; 1 = in-process (tokenizer threads); 0 = auto: 1 on <= 2 cores, else one per core", ge=0),
+        workers=Field(
+            int,
+            0,
+            "worker processes; 1 = in-process (tokenizer threads); 0 = auto: 1 on <= 2 cores, else one per core",
+            ge=0,
+        ),
         chunk_kb=Field(int, 256, "text per work item sent to a worker (KiB)", ge=1),
         shard_mtokens=Field(int, 64, "tokens per shard file, in millions (2**20)", ge=1),
     ),
@@ -53,7 +64,7 @@ SCHEMA = Section(
         pii=Section(
             "PII redaction",
             enabled=Field(bool, False, "replace PII with placeholders (<EMAIL>, <PHONE>, <IP>)"),
-            kinds=Field(list, ["email", "phone", "ip"], "what to redact: email, phone, ip", item=str),
+            kinds=Field(list, ["email", "phone", "ip"], "what to redact", item=str, choices=["email", "phone", "ip"]),
         ),
         near_dedup=Section(
             "near-duplicate removal (MinHash LSH over word shingles)",

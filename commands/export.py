@@ -1,0 +1,154 @@
+"""`llmctl export`: a registry model as GGUF, Ollama, compressed-tensors, GPTQ, OpenVINO or plain safetensors,
+checked against the source by an independent reader.
+
+Examples:
+    llmctl export --model smol-alpaca --format gguf --type q8_0 --output smol-alpaca.Q8_0.gguf
+    llmctl export --model smol-gptq4 --format compressed-tensors --output smol-gptq4-ct/
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from llmctl.cli._common import (
+    DryRunOpt,
+    ForceOpt,
+    JsonOpt,
+    ProfileOpt,
+    SetOpt,
+    choice_option,
+    command_line,
+    emit_json,
+    err,
+    resolve,
+    schema_field,
+)
+
+# Option → profile key: every value given here is checked by llmctl/schemas/export.py.
+OPTIONS = {
+    "format_": "format",
+    "type_": "type",
+    "bits": "bits",
+    "group_size": "group_size",
+    "lora_gguf": "lora_gguf",
+    "template": "template",
+    "check": "check.enabled",
+    "check_data": "check.data",
+    "max_ppl_increase": "check.max_ppl_increase",
+}
+
+
+def export(
+    ctx: typer.Context,
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Registry name or path of the model (an adapter is merged).")
+    ] = "smollm2-135m-instruct",
+    format_: Annotated[
+        str | None, choice_option("--format", "-f", field=schema_field("export", "format"), help="Target")
+    ] = None,
+    type_: Annotated[
+        str | None,
+        choice_option(
+            "--type", "-t", field=schema_field("export", "type"), help="GGUF type (gguf, ollama), dtype (hf)"
+        ),
+    ] = None,
+    bits: Annotated[int | None, typer.Option("--bits", help="OpenVINO weight bits: 4 or 8.")] = None,
+    group_size: Annotated[
+        int | None, typer.Option("--group-size", help="OpenVINO --bits 4: weights per group (-1 = per channel).")
+    ] = None,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="File (gguf) or folder to write; a folder for gguf too.")
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Register the export under this name.")] = None,
+    lora_gguf: Annotated[
+        bool | None, typer.Option("--lora-gguf", help="Adapter → GGUF LoRA file (llama.cpp --lora), not merged.")
+    ] = None,
+    template: Annotated[
+        str | None,
+        choice_option("--template", field=schema_field("export", "template"), help="Chat template for GGUF/Ollama"),
+    ] = None,
+    check: Annotated[
+        bool | None, typer.Option("--check/--no-check", help="Parity check against the source (on by default).")
+    ] = None,
+    check_data: Annotated[
+        str | None, typer.Option("--check-data", help="Held-out text for the perplexity check (default: bundled).")
+    ] = None,
+    max_ppl_increase: Annotated[
+        float | None,
+        typer.Option("--max-ppl-increase", help="Gate: largest relative perplexity increase (default per type)."),
+    ] = None,
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+    dry_run: DryRunOpt = False,
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Export a model to GGUF/Ollama/compressed-tensors/GPTQ/OpenVINO/safetensors and check it against the source.
+
+    Examples:
+        llmctl export --model smol-alpaca --format gguf --type q8_0 --output smol-alpaca.Q8_0.gguf
+        llmctl export --model smol-alpaca-lora --format gguf --lora-gguf --output lora.gguf
+        llmctl export --model smol-alpaca --format ollama --output smol-ollama/
+        llmctl export --model smol-gptq4 --format compressed-tensors --output smol-gptq4-ct/ --name smol-ct
+        llmctl export --model M --format openvino --bits 4 --output M-ov4/
+    """
+    from llmctl.errors import GateFailed
+    from llmctl.export.service import export as run
+
+    config = resolve(ctx, "export", OPTIONS)
+    try:
+        with err.status("Exporting …") as status:
+            result = run(
+                model,
+                config,
+                output=output,
+                name=name,
+                force=force,
+                command=command_line(),
+                progress=lambda msg: status.update(f"Exporting: {msg} …"),
+            )
+    except GateFailed as exc:
+        reports = getattr(exc, "reports", [])
+        if json_out:
+            emit_json({"gate": "failed", "error": exc.one_line(), "parity": reports})
+        else:
+            _table(reports)
+        raise
+    if json_out:
+        emit_json(result)
+        return
+    _table(result["parity"])
+    _summary(result)
+
+
+def _table(reports: list[dict]) -> None:
+    from rich.table import Table
+
+    if not reports:
+        return
+    table = Table(title="parity check (export vs source)", title_justify="left")
+    for col in ("reader", "greedy identical", "token agreement", "max |Δlogit|", "perplexity source → export", "Δ"):
+        table.add_column(col)
+    for r in reports:
+        table.add_row(
+            r["reader"],
+            f"{r['greedy_identical']}/{r['prompts']}",
+            f"{r['greedy_token_agreement']:.1%}",
+            f"{r['max_abs_logit_diff']:.3g}",
+            f"{r['perplexity_source']:.4g} → {r['perplexity_export']:.4g}",
+            f"{r['ppl_relative_increase']:+.2%}",
+        )
+    err.print(table)
+
+
+def _summary(result: dict) -> None:
+    where = [w for w in (result.get("path"), result.get("name") and f"registered as {result['name']}") if w]
+    kind = result["type"] or (f"{result['bits']}-bit" if result.get("bits") else "")
+    gate = result["parity"][0]["max_ppl_increase"] if result["parity"] else None
+    check = f"; within --max-ppl-increase {gate:.2%}" if gate is not None else "; not checked (--no-check)"
+    err.print(
+        f"Exported {result['model']} → {result['format']}{' ' + kind if kind else ''} "
+        f"({result['size_bytes'] / 2**20:,.1f} MiB, {result['seconds']} s): {', '.join(where)}{check}"
+    )

@@ -1,0 +1,94 @@
+"""`llmctl serve`: an OpenAI-compatible HTTP server for registry models.
+
+Examples:
+    llmctl serve --model smollm2-135m-instruct
+    llmctl serve --model smol-alpaca --backend openvino --port 8001 --api-key-env LLMCTL_API_KEY
+    llmctl serve --model A --model B --served-name a --served-name b --max-concurrency 8 --json-logs
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from llmctl.cli._common import (
+    ROPE_OPTIONS,
+    DeviceOpt,
+    DryRunOpt,
+    DtypeOpt,
+    ProfileOpt,
+    RopeFactorOpt,
+    RopeOriginalOpt,
+    RopeScalingOpt,
+    SetOpt,
+    choice_option,
+    resolve,
+    schema_field,
+)
+
+# Option → profile key: every value given here is checked by llmctl/schemas/serve.py.
+OPTIONS = {
+    name: name
+    for name in (
+        "host",
+        "port",
+        "backend",
+        "max_concurrency",
+        "max_model_len",
+        "api_key_env",
+        "threads",
+        "tensor_parallel_size",
+        "json_logs",
+        "dtype",
+        "device",
+    )
+} | ROPE_OPTIONS
+
+
+def serve(
+    ctx: typer.Context,
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="Registry name or model path (repeat for several).")
+    ] = None,
+    host: Annotated[str | None, typer.Option("--host", help="Address to listen on (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="TCP port (default 8000; 0 = any free port).")] = None,
+    backend: Annotated[
+        str | None, choice_option("--backend", field=schema_field("serve", "backend"), help="Inference backend")
+    ] = None,
+    max_concurrency: Annotated[
+        int | None, typer.Option("--max-concurrency", help="Sequences generated together per model.")
+    ] = None,
+    max_model_len: Annotated[
+        int | None, typer.Option("--max-model-len", help="Prompt + answer tokens at most.")
+    ] = None,
+    api_key_env: Annotated[
+        str | None, typer.Option("--api-key-env", help="Environment variable holding the API key (Bearer auth).")
+    ] = None,
+    served_name: Annotated[
+        list[str] | None, typer.Option("--served-name", help="Name clients use for the model (one per --model).")
+    ] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for inference (0 = default).")] = None,
+    tensor_parallel_size: Annotated[
+        int | None, typer.Option("--tensor-parallel-size", help="vllm: GPUs one model is split over.")
+    ] = None,
+    json_logs: Annotated[bool, typer.Option("--json-logs", help="Log one JSON object per line.")] = False,
+    rope_scaling: RopeScalingOpt = None,
+    rope_factor: RopeFactorOpt = None,
+    rope_original_length: RopeOriginalOpt = None,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Serve models over OpenAI's API (/v1/chat/completions, /v1/completions, /v1/models, /metrics).
+
+    Examples:
+        llmctl serve --model smollm2-135m-instruct --port 8000
+        curl http://127.0.0.1:8000/v1/chat/completions -d '{"messages":[{"role":"user","content":"Hi"}]}'
+    """
+    from llmctl.serve.service import serve as run_serve
+
+    config = resolve(ctx, "serve", OPTIONS)
+    run_serve(model or ["smollm2-135m-instruct"], served_name or [], config)

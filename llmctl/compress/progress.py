@@ -1,0 +1,46 @@
+"""The progress line of a calibrated algorithm: which decoder block, time so far, and an ETA per block.
+
+Examples:
+    eta = BlockETA(say, "gptq", total=30)
+    for i in range(30):
+        eta.start(i)          # "gptq: block 3/30 · 0:41 elapsed · ETA 6:10"
+        ...
+    eta.done()                # "gptq: 30 blocks in 7:02"
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+def clock(seconds: float) -> str:
+    """Seconds as m:ss (h:mm:ss from an hour on)."""
+    seconds = round(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class BlockETA:
+    """Reports each block as it starts; the ETA is the mean time of the blocks done so far × blocks left."""
+
+    def __init__(self, say: Callable[[str], None] | None, label: str, total: int):
+        self.say, self.label, self.total = say, label, total
+        self.started = time.perf_counter()
+
+    def start(self, index: int, detail: str = "") -> None:
+        if not self.say:
+            return
+        elapsed = time.perf_counter() - self.started
+        line = f"{self.label}: block {index + 1}/{self.total}"
+        if detail:
+            line += f" ({detail})"
+        line += f" · {clock(elapsed)} elapsed"
+        if index:
+            line += f" · ETA {clock(elapsed / index * (self.total - index))}"
+        self.say(line)
+
+    def done(self) -> None:
+        if self.say:
+            self.say(f"{self.label}: {self.total} blocks in {clock(time.perf_counter() - self.started)}")

@@ -1,0 +1,361 @@
+"""`llmctl finetune`: full, LoRA, QLoRA, DoRA, prompt/prefix tuning with any objective of the objectives table.
+
+Everything is checked before the run dir or the registry is touched: the name, the base, the data and its
+layout, the method/objective combination and the run dir rule (`llmctl.training.run_dir`). Under torchrun every
+process sets up alike; rank 0 alone reserves the name, moves run dirs, writes logs and publishes.
+
+Examples:
+    config = resolve_config("finetune", "lora", [], {"train.max_steps": 50})
+    result = finetune("smollm2-135m-instruct", Path("alpaca.json"), "smol-lora", config)
+    result.path, result.metrics["eval_loss"]
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmctl.errors import LlmctlError
+from llmctl.finetune import objectives
+from llmctl.finetune.model import PEFT_METHODS, apply_method, lm_parts, load_base
+
+
+@dataclass
+class FinetuneResult:
+    """What a finetuning run produced."""
+
+    name: str
+    path: str
+    format: str
+    method: str
+    objective: str
+    steps: int
+    run_dir: str
+    metrics: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    resumed_from: int | None = None
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Setup:
+    """A checked run: config, base, objective, tokenized data plans, model, run dir and checkpointer."""
+
+    name: str
+    config: dict
+    command: str
+    base: Any
+    objective: Any
+    device: str
+    tokenizer: Any = None
+    plan: Any = None
+    eval_plan: Any = None
+    data_info: dict = field(default_factory=dict)
+    template: str = ""
+    base_model: Any = None
+    net: Any = None
+    ref_model: Any = None
+    fast: bool = True
+    fingerprint: dict = field(default_factory=dict)
+    run: Any = None
+    ckpt: Any = None
+    reservation: Any = None
+    d: Any = None  # llmctl.training.dist.Dist: this process's place in a torchrun job
+    objective_ctx: Any = None  # what a rollout objective keeps for the run (reward, sampling settings)
+    extra_parents: list = field(default_factory=list)  # lineage besides the base (PPO's reward model)
+    extra_meta: dict = field(default_factory=dict)
+    fingerprint_extra: dict = field(default_factory=dict)  # what a resumed run must keep besides the config
+
+
+def _check_combination(config: dict) -> None:
+    method, objective = config["method"], objectives.get(config["objective"])
+    if method in objective.refused_methods:
+        raise LlmctlError(
+            f"--objective {objective.name} cannot be trained with --method {method}", hint="use --method lora or full"
+        )
+    objective.check(config)
+
+
+def _check_rope(base, config: dict, device: str) -> None:
+    """Before anything is read or written: RoPE scaling the base can take, and a --seq-len memory can hold."""
+    from llmctl import rope
+
+    if rope.wanted(config["rope"]):
+        rope.check_config_file(base, config["rope"]["scaling"])
+    t = config["train"]
+    rope.check_lengths(
+        Path(base.path) / "config.json",
+        [t["seq_len"]],
+        device,
+        "--seq-len",
+        batch=t["batch_size"],
+        train="full" if config["method"] == "full" else "adapter",
+        label=base.label,
+    )
+
+
+def prepare_data(s: Setup, data: Path, log: Callable[[str], None]) -> None:
+    """Read, check, split, tokenize and plan the data for the objective."""
+    from llmctl.finetune_data import read_records, split_eval
+
+    config, t = s.config, s.config["train"]
+    records, kind = read_records(Path(data), config["data"]["format"], uses=s.objective.data_use)
+    if config["data"]["max_examples"]:
+        records = records[: config["data"]["max_examples"]]
+    s.objective.check_data(kind, data)
+    train_recs, eval_recs = split_eval(records, config["data"]["eval_split"])
+    template, seq_len = config["data"]["template"], t["seq_len"]
+    train_items, stats = s.objective.examples(train_recs, kind, s.tokenizer, template, seq_len)
+    eval_items = s.objective.examples(eval_recs, kind, s.tokenizer, template, seq_len)[0] if eval_recs else []
+    packed = (
+        config["data"]["packing"]
+        and s.objective.name == "sft"
+        and config["method"] not in ("prompt-tuning", "prefix-tuning")
+    )
+    pad_id = s.tokenizer.pad_token_id
+    s.plan = s.objective.plan(train_items, config, pad_id, packed, t["seed"])
+    s.eval_plan = s.objective.plan(eval_items, config, pad_id, packed, t["seed"]) if eval_items else None
+    s.data_info = stats.to_dict() | {"format": kind, "eval_examples": len(eval_items), "packed": packed}
+    s.template = stats.extra["template"]
+    log(
+        f"data: {kind}, {stats.kept} training examples ({stats.truncated} truncated to {seq_len} tokens, "
+        f"{stats.dropped_prompt_too_long} dropped with prompts over the max length), {len(eval_items)} held out, "
+        f"template {s.template}"
+    )
+
+
+def prepare_model(s: Setup, log: Callable[[str], None]) -> None:
+    """The base for the method and objective, wrapped for training, and a reference model where needed."""
+    from llmctl.training.precision import compute_dtype
+
+    s.base_model = load_base(s.base, s.config, s.device, s.tokenizer)
+    s.net = apply_method(s.base_model, s.config, s.tokenizer)
+    method = s.config["method"]
+    s.fast = (
+        method not in ("prompt-tuning", "prefix-tuning")
+        and s.objective.head == "lm"
+        and all(p is not None for p in lm_parts(s.net))
+    )
+    trainable = sum(p.numel() for p in s.net.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in s.net.parameters())
+    s.data_info["trainable_parameters"] = trainable
+    procs = f" x{s.d.world} ({s.config['dist']['strategy']})" if s.d is not None and s.d.active else ""
+    log(
+        f"{method} on {s.base.label}: {trainable:,} trainable of {total:,} parameters, device {s.device}{procs}, "
+        f"compute {compute_dtype(s.config['train']['dtype'], s.device)}"
+    )
+    if s.objective.uses_reference and method == "full":
+        s.ref_model = copy.deepcopy(s.net).eval()  # LoRA runs use the base with the adapter switched off
+        for p in s.ref_model.parameters():
+            p.requires_grad_(False)
+    s.objective.prepare(s, log)
+
+
+def setup(
+    model: str, data: Path, name: str, config: dict, resume: bool, force: bool, command: str, log: Callable[[str], None]
+) -> Setup:
+    """Every check and preparation before training; nothing is written when one fails."""
+    from llmctl.finetune.parallel import check_strategy
+    from llmctl.formats.hf import load_tokenizer
+    from llmctl.loading import check_full_precision
+    from llmctl.registry import Registry
+    from llmctl.resolve import resolve_model
+    from llmctl.training.dist import Dist, env_rank, in_torchrun, init_dist, pick_device
+    from llmctl.training.run_dir import open_run_dir, run_dir_for
+    from llmctl.training.state import Checkpointer, seed_everything
+
+    registry, main = Registry(), env_rank() == 0
+    reservation = registry.reserve(name, force) if main else None
+    _check_combination(config)
+    check_strategy(config, int(os.environ.get("WORLD_SIZE", "1")))
+    if objectives.get(config["objective"]).rollouts and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise LlmctlError(
+            f"--objective {config['objective']} runs in one process: its rollouts are not spread over "
+            "torchrun's processes yet",
+            hint="run it without torchrun",
+        )
+    base = resolve_model(model, registry)
+    check_full_precision(base, "finetune")
+    if base.format != "hf":
+        raise LlmctlError(
+            f"{base.label} has format {base.format!r}; finetune needs a full model (hf)",
+            hint="import it with `llmctl models import` (GGUF files are converted), or pick a base",
+        )
+    s = Setup(
+        name=name,
+        config=config,
+        command=command,
+        base=base,
+        reservation=reservation,
+        objective=objectives.get(config["objective"]),
+        device=pick_device(config["train"]["device"]),
+    )
+    _check_rope(base, config, s.device)
+    if resume and not Checkpointer(run_dir_for(name) / "checkpoints").steps():
+        raise LlmctlError(
+            f"--resume given but {run_dir_for(name) / 'checkpoints'} holds no checkpoint",
+            hint="drop --resume to start a new run",
+        )
+    s.run = open_run_dir(name, resume, force, main_process=main)  # refused here, before data or model is read
+    try:
+        s.d = init_dist(config, s.device) if in_torchrun() else Dist()
+        seed_everything(config["train"]["seed"])
+        s.tokenizer = load_tokenizer(base.path)
+        prepare_data(s, data, log)
+        prepare_model(s, log)
+    except BaseException:
+        s.run.abandon()
+        raise
+    from llmctl.finetune.loop import fingerprint
+
+    s.fingerprint = fingerprint(config, s.objective, base.label, Path(data), s.d.world) | s.fingerprint_extra
+    s.ckpt = Checkpointer(s.run.checkpoints)
+    return s
+
+
+def finetune(
+    model: str,
+    data: Path,
+    name: str,
+    config: dict,
+    resume: bool = False,
+    force: bool = False,
+    command: str = "",
+    on_log: Callable[[str], None] | None = None,
+    stop_after: int | None = None,
+) -> FinetuneResult:
+    """Finetune `model` on `data` and register the result as `name` (adapter or full model).
+
+    `stop_after` ends the run after that many optimizer steps without registering (as an interrupted run
+    would; checkpoints stay for `--resume`). Under torchrun, processes other than rank 0 return a result
+    with an empty `path` (rank 0 publishes).
+
+    Examples:
+        finetune("tiny", Path("alpaca.json"), "tiny-lora", resolve_config("finetune", "lora"))
+    """
+    from llmctl.finetune.loop import FinetuneRun
+    from llmctl.training.dist import env_rank
+
+    log = (on_log or (lambda _s: None)) if env_rank() == 0 else (lambda _s: None)
+    s = setup(model, data, name, config, resume, force, command, log)
+    try:
+        run = FinetuneRun(s, log, stop_after)
+        if resume:
+            run.resume()
+        run.open_logs()
+        if not run.train():
+            run.metrics_log.close(f"finetune {name}")
+            return FinetuneResult(
+                name,
+                "",
+                "",
+                config["method"],
+                config["objective"],
+                stop_after,
+                str(s.run.path),
+                {"loss": run.last_loss},
+                s.data_info,
+                run.resumed_from,
+            )
+        metrics = run.finish()
+        s.net = run.par.final_net()  # gathered on rank 0 under FSDP (every process takes part)
+    except BaseException:
+        s.run.abandon()  # --force: the replaced run comes back if this one never wrote a checkpoint
+        raise
+    finally:
+        s.d.close()
+    if not s.d.main:
+        return FinetuneResult(
+            name,
+            "",
+            "",
+            config["method"],
+            config["objective"],
+            run.max_steps,
+            str(s.run.path),
+            metrics,
+            s.data_info,
+            run.resumed_from,
+        )
+    s.objective.before_publish(s)
+    path, fmt = publish(s, metrics)
+    return FinetuneResult(
+        name,
+        path,
+        fmt,
+        config["method"],
+        config["objective"],
+        run.max_steps,
+        str(s.run.path),
+        metrics,
+        s.data_info,
+        run.resumed_from,
+    )
+
+
+def publish(s: Setup, metrics: dict) -> tuple[str, str]:
+    """Save the adapter (or full model) with its tokenizer, config and curves, and register it."""
+    from llmctl.formats.hf import arch_summary
+    from llmctl.profiles import save_config
+    from llmctl.registry import ModelEntry
+
+    config, method = s.config, s.config["method"]
+    out_format = "peft-adapter" if method in PEFT_METHODS else "hf"
+    meta = {
+        "method": method,
+        "objective": config["objective"],
+        "base": s.base.label,
+        "run_dir": str(s.run.path),
+        "compute_dtype": metrics.get("compute_dtype") or config["train"]["dtype"],
+        "trainable_parameters": s.data_info.get("trainable_parameters"),
+        "data": s.data_info,
+        "template": s.template,
+        "base_arch": arch_summary(s.base_model.config),
+    }
+    if method == "qlora":
+        meta["base_quantization"] = {"bits": 4, **config["qlora"]}
+    if s.objective.head == "reward":
+        meta["head"] = "reward"
+    if config["rope"]["scaling"]:  # lineage: the positions this model was trained with
+        from llmctl.rope import describe
+
+        meta["rope_scaling"] = {**s.base_model.config.rope_scaling, "context": describe(s.base_model.config)}
+    meta.update(s.extra_meta)
+    keep = ("train_loss", "eval_loss", "eval_accuracy", "tokens_per_s", *s.objective.registry_metrics)
+    with s.reservation.staging() as tmp:
+        if out_format == "peft-adapter":
+            s.net.save_pretrained(tmp)
+            cfg_path = tmp / "adapter_config.json"
+            acfg = json.loads(cfg_path.read_text())
+            acfg["base_model_name_or_path"] = s.base.name or s.base.path
+            cfg_path.write_text(json.dumps(acfg, indent=2))
+            from llmctl.rope import write_for_adapter
+
+            if config["rope"]["scaling"]:
+                write_for_adapter(tmp, s.base_model.config)  # the base's config.json does not carry it
+        else:
+            s.net.save_pretrained(tmp, safe_serialization=True)
+        s.tokenizer.save_pretrained(tmp)
+        save_config(config, tmp / "llmctl-config.yaml", s.command)
+        for extra_file in ("metrics.csv", "loss.png"):
+            if (s.run.path / extra_file).is_file():
+                (tmp / extra_file).write_bytes((s.run.path / extra_file).read_bytes())
+        entry = ModelEntry(
+            name=s.name,
+            format=out_format,
+            path="",
+            parents=[s.base.name or s.base.path, *s.extra_parents],
+            command=s.command,
+            profile=config,
+            meta=meta,
+            metrics={f"finetune.{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and k in keep},
+        )
+        s.reservation.publish(entry, tmp)
+    return str(s.reservation.path), out_format

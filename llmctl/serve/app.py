@@ -1,0 +1,434 @@
+"""The HTTP app: OpenAI's /v1/models, /v1/completions, /v1/chat/completions, plus /health and /metrics.
+
+Every request passes `Guard` first (Bearer API key with a constant-time compare, body size limit, request
+metrics and one log line); bodies are parsed and validated by `protocol`; answers come from each model's
+`Engine` through an asyncio queue. A streaming client that goes away cancels its request (Starlette cancels
+the stream; the engine frees the slots at its next step); a non-streaming one is noticed by polling.
+
+Examples:
+    app = build_app([ServedModel("tiny", engine, resolved, "hf", "...")], ServeSettings(api_key="k"))
+    uvicorn.run(app)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from llmctl.inference.engine import Engine, QueueFull
+from llmctl.inference.prompts import chat_text, has_chat_template
+from llmctl.inference.sampling import SamplingParams
+from llmctl.serve import responses as R
+from llmctl.serve.metrics import Metrics
+from llmctl.serve.protocol import ApiError, ChatRequest, CompletionRequest, error_body, parse
+
+log = logging.getLogger("llmctl.serve")
+_ENDPOINTS = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/health", "/metrics")
+
+
+@dataclass
+class ServedModel:
+    """One model the server answers for: its name, engine and where it came from."""
+
+    name: str
+    engine: Engine
+    resolved: object
+    backend: str
+    why: str = ""
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+@dataclass
+class ServeSettings:
+    api_key: str | None = None
+    max_request_bytes: int = 1 << 20
+    default_max_tokens: int = 256
+
+
+class _Job:
+    """The engine requests of one HTTP request (one per prompt, n answers each) and their chunk queue."""
+
+    def __init__(self, served: ServedModel, prompts: list[list[int]], params: SamplingParams, n: int):
+        self.served, self.n, self.prompts = served, n, prompts
+        self.queue: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        self.open = len(prompts) * n
+        self.requests = []
+        try:
+            for k, ids in enumerate(prompts):
+
+                def sink(chunk, k=k):  # called from the engine's thread
+                    loop.call_soon_threadsafe(self.queue.put_nowait, (k, chunk))
+
+                self.requests.append(served.engine.submit(ids, params, n, sink))
+        except QueueFull as exc:
+            self.cancel()
+            raise ApiError(503, f"the server is busy ({exc}); retry later", type="server_error") from None
+
+    async def chunks(self, request: Request | None = None):
+        """(choice index, Chunk) until every answer has finished; polls for a lost client when given one."""
+        while self.open:
+            if request is None:
+                k, chunk = await self.queue.get()
+            else:
+                try:
+                    k, chunk = await asyncio.wait_for(self.queue.get(), timeout=0.5)
+                except TimeoutError:
+                    if await request.is_disconnected():
+                        return
+                    continue
+            if chunk.finish_reason is not None:
+                self.open -= 1
+            yield k * self.n + chunk.index, chunk
+
+    def cancel(self) -> None:
+        for req in self.requests:
+            self.served.engine.cancel(req)
+
+    def close(self, metrics: Metrics) -> None:
+        """Cancel what is still running and record the requests' metrics."""
+        cancelled = self.open > 0
+        if cancelled:
+            self.cancel()
+        for req, ids in zip(self.requests, self.prompts):
+            metrics.finished(self.served.name, req, len(ids), cancelled)
+
+    def usage(self, completion_tokens: int) -> dict:
+        return R.usage(sum(len(p) for p in self.prompts), completion_tokens)
+
+
+class SSEResponse(StreamingResponse):
+    """A server-sent event stream whose generator is always closed (so a cancelled request is released)."""
+
+    def __init__(self, content):
+        super().__init__(
+            content, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+
+
+async def read_json(request: Request, limit: int):
+    """The request body as JSON; over `limit` bytes is a 413, malformed JSON a 400."""
+    size, parts = 0, []
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise ApiError(413, f"the request body is over {limit} bytes")
+        parts.append(part)
+    try:
+        return json.loads(b"".join(parts))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ApiError(400, f"the request body is not valid JSON ({str(exc).splitlines()[0][:200]})") from None
+
+
+class Server:
+    """The routes' state: served models, settings and metrics."""
+
+    def __init__(self, models: list[ServedModel], settings: ServeSettings):
+        self.models = {m.name: m for m in models}
+        self.settings = settings
+        self.metrics = Metrics({m.name: m.engine for m in models})
+
+    def pick(self, name: str | None) -> ServedModel:
+        if name is None:
+            return next(iter(self.models.values()))
+        if name not in self.models:
+            raise ApiError(
+                404,
+                f"the model {name!r} does not exist; served here: {', '.join(self.models)}",
+                param="model",
+                code="model_not_found",
+            )
+        return self.models[name]
+
+    def params(
+        self, served: ServedModel, req, prompt_len: int, max_tokens: int | None, logprobs: int | None
+    ) -> SamplingParams:
+        """The request's SamplingParams; prompts or max_tokens beyond the model's length are a 400."""
+        limit = served.engine.backend.max_model_len
+        if prompt_len >= limit or (max_tokens is not None and prompt_len + max_tokens > limit):
+            asked = f" + max_tokens {max_tokens}" if max_tokens is not None else ""
+            raise ApiError(
+                400,
+                f"the prompt has {prompt_len} tokens{asked}; this model's maximum length is {limit} "
+                f"tokens (--max-model-len)",
+                param="max_tokens" if max_tokens else "messages",
+                code="context_length_exceeded",
+            )
+        if logprobs is not None and not served.engine.backend.logprobs:
+            raise ApiError(400, f"the {served.backend} backend does not return logprobs", param="logprobs")
+        return SamplingParams(
+            max_tokens=max_tokens or min(self.settings.default_max_tokens, limit - prompt_len),
+            temperature=1.0 if req.temperature is None else req.temperature,
+            top_p=1.0 if req.top_p is None else req.top_p,
+            top_k=req.top_k or 0,
+            seed=req.seed,
+            presence_penalty=req.presence_penalty,
+            frequency_penalty=req.frequency_penalty,
+            repetition_penalty=req.repetition_penalty,
+            stop=tuple(req.stops()),
+            logprobs=logprobs,
+        )
+
+    # ---- routes --------------------------------------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "models": list(self.models)})
+
+    async def metrics_text(self, request: Request) -> Response:
+        body, content_type = self.metrics.render()
+        return Response(body, media_type=content_type)
+
+    def model_card(self, m: ServedModel) -> dict:
+        r = m.resolved
+        return {
+            "id": m.name,
+            "object": "model",
+            "created": m.created,
+            "owned_by": "llmctl",
+            "root": r.label,
+            "parent": r.parents[0] if r.parents else None,
+            "format": r.format,
+            "backend": m.backend,
+            "max_model_len": m.engine.backend.max_model_len,
+        }
+
+    async def list_models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [self.model_card(m) for m in self.models.values()]})
+
+    async def get_model(self, request: Request) -> Response:
+        return JSONResponse(self.model_card(self.pick(request.path_params["model"])))
+
+    async def completions(self, request: Request) -> Response:
+        req = parse(CompletionRequest, await read_json(request, self.settings.max_request_bytes))
+        served = self.pick(req.model)
+        codec = served.engine.backend.codec
+        prompts = [codec.encode(p) if isinstance(p, str) else self._check_ids(p, codec) for p in req.prompts()]
+        if any(not p for p in prompts):
+            raise ApiError(400, "a prompt is empty", param="prompt")
+        params = self.params(served, req, max(len(p) for p in prompts), req.max_tokens, req.logprobs)
+        job = _Job(served, prompts, params, req.n)
+        rid, created = R.new_id("cmpl"), int(time.time())
+        if req.stream:
+            include = bool(req.stream_options and req.stream_options.include_usage)
+            return SSEResponse(self._stream_completion(job, req, rid, created, include))
+        texts, finish, lps, tokens = defaultdict(str), {}, {}, 0
+        try:
+            async for idx, c in job.chunks(request):
+                if c.error:
+                    raise ApiError(500, c.error, type="server_error")
+                if req.logprobs is not None and c.logprobs:
+                    lps[idx] = R.merge_completion_logprobs(
+                        lps.get(idx), R.completion_logprobs(c.logprobs, codec.token_text, len(texts[idx]))
+                    )
+                texts[idx] += c.text
+                if c.finish_reason:
+                    finish[idx], tokens = c.finish_reason, tokens + c.completion_tokens
+        finally:
+            job.close(self.metrics)
+        choices = [R.completion_choice(i, texts[i], finish.get(i), lps.get(i)) for i in range(len(prompts) * req.n)]
+        return JSONResponse(R.completion_object(rid, served.name, created, choices, job.usage(tokens)))
+
+    async def _stream_completion(self, job: _Job, req, rid: str, created: int, include_usage: bool):
+        codec, name, tokens = job.served.engine.backend.codec, job.served.name, 0
+        try:
+            async for idx, c in job.chunks():
+                if c.error:
+                    yield R.sse(error_body(c.error, "server_error"))
+                    return
+                lp = R.completion_logprobs(c.logprobs, codec.token_text) if req.logprobs is not None else None
+                tokens += c.completion_tokens if c.finish_reason else 0
+                choice = R.completion_choice(idx, c.text, c.finish_reason, lp)
+                yield R.sse(R.completion_chunk(rid, name, created, choice))
+            if include_usage:
+                yield R.sse(R.usage_chunk(rid, "text_completion", name, created, job.usage(tokens)))
+            yield R.sse("[DONE]")
+        finally:
+            job.close(self.metrics)
+
+    async def chat(self, request: Request) -> Response:
+        req = parse(ChatRequest, await read_json(request, self.settings.max_request_bytes))
+        served = self.pick(req.model)
+        codec = served.engine.backend.codec
+        if not has_chat_template(codec):
+            raise ApiError(
+                400, f"the model {served.name!r} has no chat template; use /v1/completions", param="messages"
+            )
+        try:
+            text = chat_text(codec, req.template_messages())
+        except Exception as exc:  # the template itself refuses (e.g. roles that do not alternate)
+            raise ApiError(400, f"the model's chat template refused these messages ({exc})", param="messages") from None
+        ids = codec.encode(text)
+        k = (req.top_logprobs or 0) if req.logprobs else None
+        params = self.params(served, req, len(ids), req.max_completion_tokens or req.max_tokens, k)
+        job = _Job(served, [ids], params, req.n)
+        rid, created = R.new_id("chatcmpl"), int(time.time())
+        if req.stream:
+            include = bool(req.stream_options and req.stream_options.include_usage)
+            return SSEResponse(self._stream_chat(job, req, rid, created, include))
+        texts, finish, lps, tokens = defaultdict(str), {}, defaultdict(list), 0
+        try:
+            async for idx, c in job.chunks(request):
+                if c.error:
+                    raise ApiError(500, c.error, type="server_error")
+                texts[idx] += c.text
+                if req.logprobs:
+                    lps[idx] += R.chat_logprobs(c.logprobs, codec.token_text)
+                if c.finish_reason:
+                    finish[idx], tokens = c.finish_reason, tokens + c.completion_tokens
+        finally:
+            job.close(self.metrics)
+        choices = [
+            R.chat_choice(i, texts[i], finish.get(i), {"content": lps[i]} if req.logprobs else None)
+            for i in range(req.n)
+        ]
+        return JSONResponse(R.chat_object(rid, served.name, created, choices, job.usage(tokens)))
+
+    async def _stream_chat(self, job: _Job, req, rid: str, created: int, include_usage: bool):
+        codec, name, tokens = job.served.engine.backend.codec, job.served.name, 0
+        try:
+            for i in range(req.n):
+                yield R.sse(R.chat_chunk(rid, name, created, i, {"role": "assistant", "content": ""}))
+            async for idx, c in job.chunks():
+                if c.error:
+                    yield R.sse(error_body(c.error, "server_error"))
+                    return
+                lp = {"content": R.chat_logprobs(c.logprobs, codec.token_text)} if req.logprobs else None
+                if c.text or lp:
+                    yield R.sse(R.chat_chunk(rid, name, created, idx, {"content": c.text}, logprobs=lp))
+                if c.finish_reason:
+                    tokens += c.completion_tokens
+                    yield R.sse(R.chat_chunk(rid, name, created, idx, {}, c.finish_reason))
+            if include_usage:
+                yield R.sse(R.usage_chunk(rid, "chat.completion.chunk", name, created, job.usage(tokens)))
+            yield R.sse("[DONE]")
+        finally:
+            job.close(self.metrics)
+
+    @staticmethod
+    def _check_ids(ids: list[int], codec) -> list[int]:
+        if any(t < 0 or t >= codec.vocab_size for t in ids):
+            raise ApiError(400, f"prompt token ids must be in [0, {codec.vocab_size})", param="prompt")
+        return ids
+
+
+async def _api_error(request: Request, exc: ApiError) -> Response:
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    message = {404: f"no route {request.url.path}", 405: f"method {request.method} is not allowed here"}
+    return JSONResponse(
+        error_body(message.get(exc.status_code, str(exc.detail)), "invalid_request_error"), status_code=exc.status_code
+    )
+
+
+async def _crash(request: Request, exc: Exception) -> Response:
+    log.exception("request %s %s failed", request.method, request.url.path)
+    return JSONResponse(error_body(f"internal error: {type(exc).__name__}", "server_error"), status_code=500)
+
+
+def build_app(models: list[ServedModel], settings: ServeSettings):
+    """The ASGI app serving models (Guard around the Starlette routes)."""
+    server = Server(models, settings)
+    routes = [
+        Route("/health", server.health, methods=["GET"]),
+        Route("/metrics", server.metrics_text, methods=["GET"]),
+        Route("/v1/models", server.list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", server.get_model, methods=["GET"]),
+        Route("/v1/completions", server.completions, methods=["POST"]),
+        Route("/v1/chat/completions", server.chat, methods=["POST"]),
+    ]
+    app = Starlette(
+        routes=routes, exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _crash}
+    )
+    guarded = Guard(app, settings, server.metrics)
+    guarded.server = server
+    return guarded
+
+
+# Bodies over the limit are read and dropped up to this size before the 413 (beyond it the connection closes).
+_DRAIN_BYTES = 64 << 20
+
+
+async def _drain(receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body"):
+            return
+
+
+class Guard:
+    """ASGI middleware: API key (401), declared body size (413), one metric and one log line per request."""
+
+    def __init__(self, app, settings: ServeSettings, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+        self.expected = f"Bearer {settings.api_key}".encode() if settings.api_key else None
+        self.limit = settings.max_request_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), [500]
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        headers = dict(scope.get("headers") or [])
+        try:
+            if self.expected is not None and not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
+                body = error_body(
+                    "missing or wrong API key: send the header Authorization: Bearer <key>",
+                    "invalid_request_error",
+                    code="invalid_api_key",
+                )
+                return await JSONResponse(body, 401, {"WWW-Authenticate": "Bearer"})(scope, receive, send_status)
+            declared = headers.get(b"content-length", b"0")
+            if not declared.isdigit() or int(declared) > self.limit:
+                if declared.isdigit() and int(declared) <= _DRAIN_BYTES:
+                    await _drain(receive)  # a client still sending would see a reset instead of the 413
+                body = error_body(
+                    f"the request body is over {self.limit} bytes"
+                    if declared.isdigit()
+                    else "bad Content-Length header",
+                    "invalid_request_error",
+                )
+                return await JSONResponse(body, 413 if declared.isdigit() else 400)(scope, receive, send_status)
+            await self.app(scope, receive, send_status)
+        finally:
+            path = scope.get("path", "")
+            endpoint = (
+                path if path in _ENDPOINTS else "/v1/models/{model}" if path.startswith("/v1/models/") else "other"
+            )
+            self.metrics.request(endpoint, status[0])
+            log.info(
+                "%s %s %s %.1f ms",
+                scope.get("method"),
+                path,
+                status[0],
+                1000 * (time.perf_counter() - started),
+                extra={
+                    "method": scope.get("method"),
+                    "path": path,
+                    "status": status[0],
+                    "ms": round(1000 * (time.perf_counter() - started), 1),
+                },
+            )

@@ -1,0 +1,154 @@
+"""OpenAI's request shapes for completions and chat completions, their validation, and its error shape.
+
+Types are checked strictly (a string where a number belongs is a 400, never coerced); unknown fields are
+ignored, as OpenAI-compatible servers do, except those whose effect llmctl cannot give (tools, echo,
+best_of > n), which are refused. Every problem becomes `ApiError`, rendered as
+`{"error": {"message", "type", "param", "code"}}` with a 4xx status.
+
+Examples:
+    req = parse(ChatRequest, {"model": "m", "messages": [{"role": "user", "content": "Hi"}]})
+    error_body("no such model", "invalid_request_error", code="model_not_found")
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ApiError(Exception):
+    """An error answered to the client in OpenAI's shape.
+
+    Examples:
+        raise ApiError(404, "model 'x' does not exist", param="model", code="model_not_found")
+    """
+
+    def __init__(
+        self, status: int, message: str, type: str | None = None, param: str | None = None, code: str | None = None
+    ):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.type = type or ("invalid_request_error" if status < 500 else "server_error")
+
+    def body(self) -> dict:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict:
+    """OpenAI's error object."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class _Sampling(_Strict):
+    """Settings both endpoints share."""
+
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=0)  # extension (vLLM, llama.cpp have it)
+    n: int = Field(1, ge=1, le=64)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(1.0, gt=0.0)  # extension (vLLM has it)
+    user: str | None = None
+
+    def stops(self) -> list[str]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stops) > 4:
+            raise ApiError(400, "at most 4 stop sequences", param="stop")
+        return [s for s in stops if s]
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = Field(None, ge=0, le=20)
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = Field(None, ge=1)
+
+    def prompts(self) -> list[str | list[int]]:
+        """Each prompt (text or token ids) of the request."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if p and all(isinstance(x, int) for x in p):
+            return [list(p)]
+        if not p:
+            raise ApiError(400, "prompt must not be empty", param="prompt")
+        return list(p)
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class ChatRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    tools: list | None = None
+
+    def template_messages(self) -> list[dict]:
+        """The messages as the chat template takes them (developer is OpenAI's new name for system)."""
+        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
+
+
+_UNIONS = {
+    "prompt": "a string, a list of strings, or token ids",
+    "stop": "a string or a list of strings",
+    "content": "a string or a list of text parts",
+}
+
+
+def parse(model: type[BaseModel], data) -> BaseModel:
+    """Validate a decoded JSON body against a request model; the first problem becomes a 400 naming the field."""
+    if not isinstance(data, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    try:
+        req = model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = [str(p) for p in first.get("loc", ())]
+        param = loc[0] if loc else None
+        if len(loc) > 1 and not loc[1].isdigit() and param in _UNIONS:  # a union: name what the field takes
+            raise ApiError(400, f"{param}: must be {_UNIONS[param]}", param=param) from None
+        raise ApiError(400, f"{'.'.join(loc) or 'body'}: {first['msg']}", param=param) from None
+    if isinstance(req, CompletionRequest):
+        if req.echo:
+            raise ApiError(400, "echo is not supported", param="echo")
+        if req.suffix:
+            raise ApiError(400, "suffix is not supported", param="suffix")
+        if req.best_of not in (None, req.n):
+            raise ApiError(400, "best_of other than n is not supported", param="best_of")
+    if isinstance(req, ChatRequest) and req.tools:
+        raise ApiError(400, "tools are not supported by llmctl serve", param="tools")
+    return req

@@ -1,0 +1,203 @@
+"""Architecture rules: no import cycles (lazy imports inside functions included), imports only point downwards
+(commands → services → formats/data → core), every module imports on its own, modules stay small.
+
+Examples:
+    pytest tests/test_architecture.py -q
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Layers, lowest first. A module may import its own layer or lower ones, never a higher one.
+CORE = ("llmctl", "llmctl.errors", "llmctl.paths", "llmctl.quiet", "llmctl.schema", "llmctl.profiles")
+# Command schemas may use the data tables (record layouts for choices); profiles loads them by name only.
+FORMATS_DATA = (
+    "llmctl.schemas",
+    "llmctl.formats",
+    "llmctl.registry",
+    "llmctl.default_model",
+    "llmctl.records",
+    "llmctl.layouts",
+    "llmctl.token_data",
+    "llmctl.curation",
+    "llmctl.finetune_data",
+    "llmctl.align_data",
+    "llmctl.eval_tasks",
+    "llmctl.perplexity",
+    "llmctl.rope",
+    "llmctl.export.targets",
+)
+LAYER_NAMES = ("core", "formats/data", "services", "commands")
+
+MAX_MODULE_LINES = 520
+MAX_TRAINING_FUNCTION_LINES = 80
+TRAINING_CODE = ("llmctl.training", "llmctl.pretrain", "llmctl.finetune")
+
+
+def _modules() -> dict[str, Path]:
+    """Every llmctl module by dotted name (commands/ is installed as llmctl.cli)."""
+    found = {}
+    for base, package in ((ROOT / "llmctl", "llmctl"), (ROOT / "commands", "llmctl.cli")):
+        for path in sorted(base.rglob("*.py")):
+            parts = path.relative_to(base).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join((package, *parts))] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _within(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or (p != "llmctl" and name.startswith(p + ".")) for p in prefixes)
+
+
+def layer(name: str) -> int:
+    if name.startswith("llmctl.cli"):
+        return 3
+    if _within(name, CORE):
+        return 0
+    if _within(name, FORMATS_DATA):
+        return 1
+    return 2
+
+
+def _target(module: str) -> str | None:
+    """The llmctl module an import names (a submodule when it is one, else its package)."""
+    while module:
+        if module in MODULES:
+            return module
+        module = module.rpartition(".")[0]
+    return None
+
+
+def imports_of(name: str) -> set[str]:
+    """Every llmctl module `name` imports, at module level or inside functions."""
+    tree = ast.parse(MODULES[name].read_text(encoding="utf-8"))
+    package = name if MODULES[name].name == "__init__.py" else name.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
+            names = [f"{base}.{a.name}" for a in node.names] + [base]
+        else:
+            continue
+        for n in names:
+            t = _target(n)
+            if t and t != name and not name.startswith(t + "."):  # a package's own parents are not edges
+                out.add(t)
+    return out
+
+
+GRAPH = {name: imports_of(name) for name in MODULES}
+
+
+def _cycles() -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in GRAPH[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    sys.setrecursionlimit(10000)
+    for v in GRAPH:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycles():
+    assert _cycles() == []
+
+
+def test_imports_point_downwards():
+    wrong = [
+        f"{a} ({LAYER_NAMES[layer(a)]}) imports {b} ({LAYER_NAMES[layer(b)]})"
+        for a, targets in GRAPH.items()
+        for b in sorted(targets)
+        if layer(b) > layer(a)
+    ]
+    assert wrong == []
+
+
+def test_cycle_detector_sees_lazy_imports(monkeypatch):
+    """The checker itself: a cycle hidden in a function-level import is found."""
+    monkeypatch.setitem(GRAPH, "llmctl.errors", GRAPH["llmctl.errors"] | {"llmctl.registry"})
+    assert any("llmctl.errors" in c and "llmctl.registry" in c for c in _cycles())
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_every_module_imports_on_its_own(name):
+    res = subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_modules_are_small():
+    big = {n: len(p.read_text().splitlines()) for n, p in MODULES.items()}
+    assert {n: c for n, c in big.items() if c > MAX_MODULE_LINES} == {}
+
+
+def test_training_functions_are_short():
+    long = []
+    for name, path in MODULES.items():
+        if not _within(name, TRAINING_CODE):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_TRAINING_FUNCTION_LINES:
+                    long.append(f"{name}.{node.name}: {n} lines")
+    assert long == []
+
+
+def test_every_package_is_installed():
+    """pyproject.toml lists packages explicitly (commands/ and profiles/ are mapped into llmctl): none missing."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {
+        ".".join(("llmctl", *p.parent.relative_to(ROOT / "llmctl").parts)).rstrip(".")
+        for p in (ROOT / "llmctl").rglob("__init__.py")
+    }
+    assert on_disk - listed == set()
+
+
+def test_objective_choices_are_the_objectives_table():
+    """--objective's choices (schema) and the objectives implemented (llmctl.finetune.objectives) agree."""
+    from llmctl.finetune.objectives import OBJECTIVES
+    from llmctl.schemas.finetune import SCHEMA
+
+    assert SCHEMA.field("objective").choices == list(OBJECTIVES)
