@@ -33,7 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WIKI = ROOT.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
-BASELINE_REV = "f930dd3"  # main when issue 16 was taken up: INC GPTQ/AWQ and the per-column SparseGPT
+BASELINE_REV = "303b9f8"  # the last landed main before issue 16: INC GPTQ/AWQ and the per-column SparseGPT
 QUANT_RUNS = ("rtn-inc", "rtn-fast", "gptq-inc", "gptq-fast", "awq-inc", "awq-fast")
 PRUNE_RUNS = tuple(f"{m}-{p}{s}" for m in ("wanda", "sparsegpt") for p in ("50", "2:4") for s in ("-before", ""))
 GOALS_S = {"gptq": 120, "awq": 240, "sparsegpt": 90, "wanda": 30, "rtn": 20}  # issue 16, idle 2-core machine

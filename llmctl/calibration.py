@@ -17,6 +17,7 @@ Examples:
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -201,3 +202,79 @@ def held_out_perplexity(model, tokenizer, text: str | None, seqlen: int = 512) -
     from llmctl.perplexity import perplexity
 
     return round(perplexity(model, tokenizer, text, seqlen=seqlen, stride=seqlen)["perplexity"], 4)
+
+
+def parent_perplexity(loaded, text: str | None, seqlen: int, say: Callable[[str], None]) -> float | None:
+    """Held-out perplexity of an unmodified model, remembered per (weights, text, seqlen) in LLMCTL_HOME/cache.
+
+    `quantize` and `prune` score their parent before compressing it; on the default model that pass costs
+    ~6 s of a 20–30 s RTN or Wanda command on 2 cores (issue 16), and it gives the same number every time the
+    same weights meet the same text. The key covers the weight files' names, sizes and mtimes, so replacing a
+    model (`--force`) or editing its files scores it again.
+
+    Examples:
+        parent_perplexity(loaded, data.eval_text, 512, print)
+    """
+    if not text:
+        return None
+    key = _perplexity_key(loaded, text, seqlen)
+    cache = _read_cache()
+    if key and key in cache:
+        say("perplexity before (remembered from an earlier run on the same weights and text)")
+        return cache[key]
+    say("perplexity before")
+    value = held_out_perplexity(loaded.model, loaded.tokenizer, text, seqlen)
+    if key and value is not None:
+        _write_cache({**cache, key: value})
+    return value
+
+
+_CACHE_ENTRIES = 256  # a few KB; oldest dropped first
+
+
+def _cache_path():
+    from llmctl.paths import llmctl_home
+
+    return llmctl_home() / "cache" / "heldout-perplexity.json"
+
+
+def _perplexity_key(loaded, text: str, seqlen: int) -> str | None:
+    """sha256 of the weight files' identity, the text and seqlen; None when the weights have no folder."""
+    import hashlib
+
+    folder = Path(getattr(loaded.resolved, "path", "") or "")
+    if not folder.is_dir():
+        return None
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".pt", ".gguf"))
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    h.update(f"{seqlen}\n{getattr(loaded, 'dtype', '')}\n".encode())
+    h.update(text.encode("utf-8"))
+    return h.hexdigest()
+
+
+def _read_cache() -> dict:
+    import json
+
+    try:
+        data = json.loads(_cache_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # missing or damaged: score again and rewrite it
+    return {k: v for k, v in data.items() if isinstance(v, (int, float))} if isinstance(data, dict) else {}
+
+
+def _write_cache(cache: dict) -> None:
+    import json
+
+    from llmctl.paths import atomic_file
+
+    items = list(cache.items())[-_CACHE_ENTRIES:]
+    try:
+        with atomic_file(_cache_path()) as fh:
+            json.dump(dict(items), fh)
+    except OSError:
+        pass  # a read-only or full disk only costs the next run a perplexity pass

@@ -326,7 +326,7 @@ def prune(
     """
     import torch
 
-    from llmctl.calibration import held_out_perplexity, prepare_data
+    from llmctl.calibration import held_out_perplexity, parent_perplexity, prepare_data
     from llmctl.loading import check_full_precision, load_model
     from llmctl.paths import dir_size_mb
     from llmctl.profiles import save_config
@@ -359,9 +359,8 @@ def prune(
     )
     params_before = count_params(loaded.model)
     ppl_before = known_ppl_before  # a caller that scored the same parent on the same text
-    if data.eval_text and ppl_before is None:
-        say("perplexity before")
-        ppl_before = held_out_perplexity(loaded.model, loaded.tokenizer, data.eval_text, ev["seqlen"])
+    if ppl_before is None:
+        ppl_before = parent_perplexity(loaded, data.eval_text, ev["seqlen"], say)
     started = time.perf_counter()
     say("pruning")
     facts = prune_in_memory(loaded, config, data.windows, progress=say)

@@ -727,3 +727,29 @@ def test_awq_reports_each_block(tiny_llama_dir):
     torch.manual_seed(0)
     inc_weight_only(model, "awq", cfg, [torch.randint(0, 50, (1, 16)) for _ in range(2)], heard.append)
     assert heard == ["AWQ block 1/2", "AWQ block 2/2"]
+
+
+def test_parent_perplexity_is_remembered_per_weights_and_text(tiny_model, calib_file):
+    """The second compression of the same parent on the same held-out text reuses its perplexity; new weights don't."""
+    import os
+    from pathlib import Path
+
+    from llmctl.profiles import resolve_config
+    from llmctl.quantize import quantize
+    from llmctl.registry import Registry
+
+    sets = ["algo=rtn", "bits=8", "group_size=32", f"calib.data={calib_file}", "eval.tokens=256"]
+
+    def run(name):
+        said = []
+        out = quantize("tiny", name, resolve_config("quantize", None, sets, {}), progress=said.append)
+        return out["perplexity_before"], " ".join(said)
+
+    first, log1 = run("r1")
+    second, log2 = run("r2")
+    assert "remembered" not in log1 and "remembered" in log2 and second == first
+    for weights in Path(Registry().get("tiny").path).glob("*.safetensors"):
+        st = weights.stat()
+        os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    third, log3 = run("r3")
+    assert "remembered" not in log3 and third == pytest.approx(first, rel=1e-6)

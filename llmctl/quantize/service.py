@@ -155,7 +155,7 @@ def quantize(
     """
     import torch
 
-    from llmctl.calibration import held_out_perplexity, prepare_data
+    from llmctl.calibration import parent_perplexity, prepare_data
     from llmctl.loading import load_full_precision
     from llmctl.profiles import save_config
     from llmctl.registry import ModelEntry, Registry
@@ -186,9 +186,8 @@ def quantize(
         need_calib=needs_calib,
     )
     ppl_before = known_ppl_before  # a caller that scored the same parent on the same text
-    if data.eval_text and ppl_before is None:
-        say("perplexity before")
-        ppl_before = held_out_perplexity(loaded.model, loaded.tokenizer, data.eval_text, ev["seqlen"])
+    if ppl_before is None:
+        ppl_before = parent_perplexity(loaded, data.eval_text, ev["seqlen"], say)
     if backend in ("inc", "llmctl") and algo in WEIGHT_ONLY and config["save_format"] == "compressed-tensors":
         check_linear_layers(loaded.model)
     parent = loaded.resolved.name
