@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Wall time of each whole compression command as a user runs it (issue 16's measurement): load, calibrate on
 # 32×512 WikiText-2 tokens, compress, score 4,096 held-out tokens, save, register. One JSON line per command.
+# The parent's perplexity is scored once (rtn-4-first) and remembered by the commands after it, as for a user.
 # Usage: benchmarks/compress_commands.sh [MODEL]     (idle machine only; LLMCTL_HOME is a fresh temp folder)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,8 @@ run() {
   python3 -c 'import json,sys; d=json.loads(sys.argv[3]); print(json.dumps({"run": sys.argv[1], "wall_s": round(float(sys.argv[2]), 1), "ppl_before": d.get("perplexity_before"), "ppl_after": d.get("perplexity_after"), "backend": d.get("backend")}))' \
     "$label" "$(echo "$t1 - $t0" | bc)" "$out"
 }
+# The first command scores the parent (~6 s); later ones reuse that perplexity (same weights and held-out text).
+run rtn-4-first quantize "${COMMON[@]}" --algo rtn --bits 4 --name q-rtn-first
 run rtn-4 quantize "${COMMON[@]}" --algo rtn --bits 4 --name q-rtn
 run gptq-4 quantize "${COMMON[@]}" --algo gptq --bits 4 --name q-gptq
 run awq-4 quantize "${COMMON[@]}" --algo awq --bits 4 --name q-awq
