@@ -474,7 +474,7 @@ def test_float16_finetune_runs_with_loss_scaling(tiny_model, alpaca_file, monkey
 
 def test_resume_of_a_finished_run_after_its_model_was_removed(cli, tiny_model, alpaca_file):
     """The last checkpoint remembers the final losses: registering again reports them (no TypeError)."""
-    r = cli(
+    args = [
         "finetune",
         "--model",
         tiny_model,
@@ -498,36 +498,11 @@ def test_resume_of_a_finished_run_after_its_model_was_removed(cli, tiny_model, a
         "train.warmup_steps=1",
         "--eval-every",
         "2",
-    )
+    ]
+    r = cli(*args)
     assert r.exit_code == 0, r.stderr
     assert cli("models", "remove", "done", "--delete-files").exit_code == 0
-    again = cli(
-        "finetune",
-        "--model",
-        tiny_model,
-        "--data",
-        alpaca_file,
-        "--name",
-        "done",
-        "--max-steps",
-        "2",
-        "--batch-size",
-        "2",
-        "--seq-len",
-        "96",
-        "--dtype",
-        "float32",
-        "--device",
-        "cpu",
-        "--set",
-        "lora.r=4",
-        "--set",
-        "train.warmup_steps=1",
-        "--eval-every",
-        "2",
-        "--resume",
-        "--json",
-    )
+    again = cli(*args, "--resume", "--json")
     assert again.exit_code == 0, again.stderr
     out = json.loads(again.stdout)
     assert out["resumed_from"] == 2 and out["metrics"]["train_loss"] > 0
