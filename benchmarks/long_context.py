@@ -23,15 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TEXT = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
-LLMCTL = str(Path(sys.executable).parent / "llmctl")
+sys.path.insert(0, str(Path(__file__).parent))
+from _shakespeare import TEXT, llmctl, tokenize_shakespeare  # noqa: E402
 
 
 def say(msg: str) -> None:
@@ -98,14 +97,6 @@ def passkey_part(args) -> dict:
 # ---- part 2: context extension ----------------------------------------------------------------------------
 
 
-def llmctl(*args: str, env: dict) -> str:
-    proc = subprocess.run([LLMCTL, *args], env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit(f"llmctl {' '.join(args[:2])} failed ({proc.returncode})")
-    return proc.stdout
-
-
 def bucket_ppl(model: str, text: Path, buckets: list[int], rope: dict | None, device: str) -> dict:
     from llmctl.evaluate import run_eval
     from llmctl.profiles import resolve_config
@@ -137,36 +128,7 @@ def extend_part(args) -> dict:
     data = home / "data" / "shakespeare"
     t0 = time.perf_counter()
     if not (home / "models" / "sp-tiny").exists():
-        llmctl(
-            "tokenize",
-            "train",
-            "--input",
-            str(TEXT),
-            "--type",
-            "bpe",
-            "--vocab-size",
-            "4096",
-            "--name",
-            "shakespeare-bpe",
-            "--force",
-            env=env,
-        )
-        llmctl(
-            "tokenize",
-            "encode",
-            "--tokenizer",
-            "shakespeare-bpe",
-            "--input",
-            str(TEXT),
-            "--output",
-            str(data),
-            "--name",
-            "shakespeare-data",
-            "--val-fraction",
-            "0.1",
-            "--force",
-            env=env,
-        )
+        tokenize_shakespeare(data, env=env)
         say(f"pretraining sp-tiny for {args.pretrain_steps} steps …")
         llmctl(
             "pretrain",

@@ -16,23 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TEXT = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
-LLMCTL = str(Path(sys.executable).parent / "llmctl")
-
-
-def llmctl(*args: str, env: dict) -> str:
-    proc = subprocess.run([LLMCTL, *args], env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr)
-        raise SystemExit(f"llmctl {' '.join(args[:2])} failed ({proc.returncode})")
-    return proc.stdout
+sys.path.insert(0, str(Path(__file__).parent))
+from _shakespeare import llmctl, tokenize_shakespeare  # noqa: E402
 
 
 def main() -> None:
@@ -49,36 +40,7 @@ def main() -> None:
     data = home / "data" / "shakespeare"
     t0 = time.perf_counter()
     if not (data / "index.json").is_file():
-        llmctl(
-            "tokenize",
-            "train",
-            "--input",
-            str(TEXT),
-            "--type",
-            "bpe",
-            "--vocab-size",
-            "4096",
-            "--name",
-            "shakespeare-bpe",
-            "--force",
-            env=env,
-        )
-        llmctl(
-            "tokenize",
-            "encode",
-            "--tokenizer",
-            "shakespeare-bpe",
-            "--input",
-            str(TEXT),
-            "--output",
-            str(data),
-            "--name",
-            "shakespeare-data",
-            "--val-fraction",
-            "0.1",
-            "--force",
-            env=env,
-        )
+        tokenize_shakespeare(data, env=env)
     tokenize_s = time.perf_counter() - t0
     index = json.loads((data / "index.json").read_text())
 
