@@ -85,10 +85,11 @@ def cpu_name() -> str:
 
 
 class Timer:
-    """Wall and CPU seconds of each section (the CPU budget in the output)."""
+    """Wall and CPU seconds of each section (the CPU budget in the output); `after` runs as each section ends."""
 
-    def __init__(self):
+    def __init__(self, after=lambda: None):
         self.sections: dict = {}
+        self.after = after
 
     def __call__(self, name: str):
         timer = self
@@ -103,14 +104,20 @@ class Timer:
                     "wall_s": round(time.perf_counter() - self.t, 1),
                     "cpu_s": round(time.process_time() - self.c, 1),
                 }
+                timer.after()
 
         return _Section()
 
 
 def finetune_run(base: str, data: Path, name: str, profile: str, sets: list[str], explicit: dict):
+    """Train `name` unless a kept --home already has it (a reward model reused by a later, separate run)."""
     from llmctl.finetune import finetune
     from llmctl.profiles import resolve_config
+    from llmctl.registry import Registry
 
+    if Registry().find(name) is not None:
+        log(f"{name}: already trained in this LLMCTL_HOME, reused")
+        return None
     config = resolve_config("finetune", profile, sets, explicit)
     return finetune(base, data, name, config, on_log=lambda s: print(s, file=sys.stderr, flush=True))
 
@@ -209,6 +216,7 @@ def main() -> None:  # noqa: C901 (one section after another)
     ap.add_argument("--math-train", type=int, default=400)
     ap.add_argument("--math-heldout", type=int, default=200)
     ap.add_argument("--pref-steps", type=int, default=100)
+    ap.add_argument("--pref-heldout", type=int, default=0, help="held-out pairs scored per objective (0 = all)")
     ap.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts for the win rate")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--rollout-batch", type=int, default=8, help="PPO: prompts per step")
@@ -216,6 +224,13 @@ def main() -> None:  # noqa: C901 (one section after another)
     ap.add_argument("--prompts-per-step", type=int, default=4, help="GRPO: prompts per step")
     ap.add_argument("--policy-lr", type=float, default=None, help="PPO/GRPO learning rate (default: the profile's)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--out", type=Path, default=None, help="also write the JSON here, after every section")
+    ap.add_argument(
+        "--home",
+        type=Path,
+        default=None,
+        help="keep trained models in this LLMCTL_HOME and reuse those already there (default: a fresh temp folder)",
+    )
     args = ap.parse_args()
 
     import torch
@@ -228,13 +243,20 @@ def main() -> None:  # noqa: C901 (one section after another)
     from llmctl.resolve import resolve_model
 
     base_path = resolve_model(args.model).path  # in the user's registry (the default model converts once)
-    os.environ["LLMCTL_HOME"] = tempfile.mkdtemp(prefix="llmctl-align-")
+    os.environ["LLMCTL_HOME"] = str(args.home) if args.home else tempfile.mkdtemp(prefix="llmctl-align-")
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     work = Path(tempfile.mkdtemp(prefix="align-data-"))
-    import_model(Registry(), base_path, "base", link=True)
+    if Registry().find("base") is None:
+        import_model(Registry(), base_path, "base", link=True)
     train, held_path, held = split_hh(work, args.heldout)
     prompts = [{"prompt": r["prompt"]} for r in held][: args.eval_prompts]
-    timer, report = Timer(), {"benchmark": "align_quality", "model": args.model, "settings": vars(args), "results": {}}
+    report = {"benchmark": "align_quality", "model": args.model, "settings": vars(args), "results": {}}
+
+    def keep() -> None:  # a run stopped part-way keeps the sections it finished
+        if args.out:
+            args.out.write_text(json.dumps({**report, "sections_done": timer.sections}, indent=2, default=str))
+
+    timer = Timer(keep)
     common = [
         "data.eval_split=0",
         "train.save_every=0",
@@ -314,7 +336,8 @@ def main() -> None:  # noqa: C901 (one section after another)
                 "goal": "+15 points",
             }
     if "prefs" in only:
-        table = {}
+        held_pairs = held[: args.pref_heldout] if args.pref_heldout else held
+        table = {"heldout_pairs": len(held_pairs)}
         for objective in PREF_OBJECTIVES:
             with timer(f"prefs-{objective}"):
                 finetune_run(
@@ -326,12 +349,12 @@ def main() -> None:  # noqa: C901 (one section after another)
                     {"train.max_steps": args.pref_steps, "train.warmup_steps": max(1, args.pref_steps // 20)},
                 )
                 table[objective] = {
-                    "heldout_accuracy": round(pref_accuracy(f"p-{objective}", objective, held, args.seq_len), 4),
+                    "heldout_accuracy": round(pref_accuracy(f"p-{objective}", objective, held_pairs, args.seq_len), 4),
                     "measure": "mean log-likelihood margin"
                     if objective in ("orpo", "simpo")
                     else "implicit reward (log-ratio to the start model)",
                 }
-        table["start_model_mean_loglik"] = round(pref_accuracy("base", "simpo", held, args.seq_len), 4)
+        table["start_model_mean_loglik"] = round(pref_accuracy("base", "simpo", held_pairs, args.seq_len), 4)
         report["results"]["prefs"] = table
     report["cpu_budget"] = {
         "cpu": cpu_name(),
@@ -341,7 +364,10 @@ def main() -> None:  # noqa: C901 (one section after another)
         "total_wall_s": round(sum(s["wall_s"] for s in timer.sections.values()), 1),
         "total_cpu_s": round(sum(s["cpu_s"] for s in timer.sections.values()), 1),
     }
-    print(json.dumps(report, indent=2))
+    text = json.dumps(report, indent=2, default=str)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ in MB, the perplexity, and with --profile the top entries of a cProfile of the c
 
 Runs ("before" = neural-compressor or the pruning code at --baseline-rev, "after" = llmctl's own cores):
     rtn-inc  rtn-fast  gptq-inc  gptq-fast  awq-inc  awq-fast
+    teq-inc  autoround-inc  (only on neural-compressor / auto-round: profiled, no "before")
+    heads-25  channels-25   (structured pruning of 25 % of attention heads / MLP channels: profiled, no "before")
     wanda-50-before  wanda-50  wanda-2:4-before  wanda-2:4
     sparsegpt-50-before  sparsegpt-50  sparsegpt-2:4-before  sparsegpt-2:4
 
@@ -30,12 +32,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 WIKI = ROOT.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
 BASELINE_REV = "303b9f8"  # the last landed main before issue 16: INC GPTQ/AWQ and the per-column SparseGPT
 QUANT_RUNS = ("rtn-inc", "rtn-fast", "gptq-inc", "gptq-fast", "awq-inc", "awq-fast")
 PRUNE_RUNS = tuple(f"{m}-{p}{s}" for m in ("wanda", "sparsegpt") for p in ("50", "2:4") for s in ("-before", ""))
+OTHER_RUNS = ("teq-inc", "autoround-inc", "heads-25", "channels-25")  # not in the default list: profiled on demand
 GOALS_S = {"gptq": 120, "awq": 240, "sparsegpt": 90, "wanda": 30, "rtn": 20}  # issue 16, idle 2-core machine
 
 
@@ -83,6 +87,12 @@ def compress(key: str, model, windows: list, args, say) -> dict:
         from llmctl.compress.awq import awq_model
 
         return {"layers": len(awq_model(model, windows, bits=args.bits, group_size=args.group_size, progress=say))}
+    if key in ("heads-25", "channels-25"):
+        from llmctl.profiles import resolve_config
+        from llmctl.prune import prune_in_memory
+
+        cfg = resolve_config("prune", None, [f"structure={key.split('-')[0]}", "ratio=0.25"], {})
+        return prune_in_memory(SimpleNamespace(model=model), cfg, windows, say)
     method, pattern = key.split("-")[0], key.split("-")[1]
     prune_mod = baseline_prune_module(args.baseline_rev) if key.endswith("-before") else None
     if prune_mod is None:
@@ -261,9 +271,10 @@ def main() -> None:
         "runs": {},
     }
     keys = [k.strip() for k in args.only.split(",") if k.strip()]
-    unknown = [k for k in keys if k not in QUANT_RUNS + PRUNE_RUNS]
+    known = QUANT_RUNS + PRUNE_RUNS + OTHER_RUNS
+    unknown = [k for k in keys if k not in known]
     if unknown:
-        sys.exit(f"unknown run(s) {', '.join(unknown)}; use: {', '.join(QUANT_RUNS + PRUNE_RUNS)}")
+        sys.exit(f"unknown run(s) {', '.join(unknown)}; use: {', '.join(known)}")
     for key in (["fp"] if args.eval_tokens and not args.skip_fp else []) + keys:
         print(f"[{time.strftime('%H:%M:%S')}] {key} …", file=sys.stderr, flush=True)
         r = run_child(key, args, split)

@@ -729,6 +729,25 @@ def test_awq_reports_each_block(tiny_llama_dir):
     assert heard == ["AWQ block 1/2", "AWQ block 2/2"]
 
 
+def test_teq_reports_its_training_steps(tiny_llama_dir):
+    """TEQ trains the whole model at once: progress counts its steps (about ten lines) with an ETA, then the total."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from llmctl.profiles import resolve_config
+    from llmctl.quantize.inc import inc_weight_only
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, torch_dtype=torch.float32).eval()
+    cfg = resolve_config("quantize", None, ["algo=teq", "bits=4", "group_size=32", "teq.steps=20"], {})
+    heard: list[str] = []
+    torch.manual_seed(0)
+    inc_weight_only(model, "teq", cfg, [torch.randint(0, 50, (1, 16)) for _ in range(2)], heard.append)
+    steps = [line.split(" · ")[0] for line in heard[:-1]]
+    assert steps == [f"teq: step {i}/20" for i in range(1, 21, 2)]
+    assert "ETA" in heard[1] and "ETA" not in heard[0]
+    assert heard[-1].startswith("teq: 20 steps in ")
+
+
 def test_parent_perplexity_is_remembered_per_weights_and_text(tiny_model, calib_file):
     """The second compression of the same parent on the same held-out text reuses its perplexity; new weights don't."""
     import os

@@ -82,8 +82,14 @@ def awq_absorb_dict(model) -> dict:
     return pairs
 
 
-def teq_train_fn(windows, steps: int, lr: float):
+def teq_train_fn(windows, steps: int, lr: float, progress: Callable[[str], None] | None = None):
+    """TEQ's training of the channel scales: Adam on the LM loss over the calibration windows, `steps` steps.
+
+    INC's TEQ trains the whole model at once (not block by block), so its progress counts steps, ~10 lines in all.
+    """
     import torch
+
+    from llmctl.compress.progress import BlockETA
 
     def train(model):
         alphas = (
@@ -93,12 +99,15 @@ def teq_train_fn(windows, steps: int, lr: float):
         )
         opt = torch.optim.Adam(alphas, lr=lr)
         model.train()
+        eta = BlockETA(progress, "teq", steps, unit="step", every=max(1, steps // 10))
         for step in range(steps):
+            eta.start(step)
             x = windows[step % len(windows)]
             loss = model(input_ids=x, labels=x).loss
             opt.zero_grad()
             loss.backward()
             opt.step()
+        eta.done()
         model.eval()
 
     return train
@@ -179,7 +188,7 @@ def inc_weight_only(model, algo: str, cfg: dict, windows: list, progress: Callab
         q = prepare(model, qc, example_inputs=windows[0])
         if algo == "teq":
             with torch.enable_grad():
-                teq_train_fn(windows, cfg["teq"]["steps"], cfg["teq"]["lr"])(q)
+                teq_train_fn(windows, cfg["teq"]["steps"], cfg["teq"]["lr"], progress)(q)
             return convert(q)
         calibration_forwards(windows)(q)
         with awq_fixes(progress):
