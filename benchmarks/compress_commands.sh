@@ -3,6 +3,7 @@
 # 32×512 WikiText-2 tokens, compress, score 4,096 held-out tokens, save, register. One JSON line per command.
 # The parent's perplexity is scored once (rtn-4-first) and remembered by the commands after it, as for a user.
 # Usage: benchmarks/compress_commands.sh [MODEL]     (idle machine only; LLMCTL_HOME is a fresh temp folder)
+#        ONLY='wanda' benchmarks/compress_commands.sh  (only the runs whose label matches this regex, after rtn-4-first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 M=${1:-smollm2-135m-instruct}
@@ -14,6 +15,7 @@ COMMON=(--model "$M" --calib-data "$WIKI" --calib-samples 32 --calib-seqlen 512 
 run() {
   local label=$1; shift
   local t0 t1 out
+  if [[ -n "${ONLY:-}" && "$label" != rtn-4-first && ! "$label" =~ $ONLY ]]; then return; fi
   t0=$(date +%s.%N)
   out=$(.venv/bin/llmctl "$@" 2>/dev/null)
   t1=$(date +%s.%N)
@@ -29,3 +31,8 @@ run sparsegpt-50 prune "${COMMON[@]}" --method sparsegpt --sparsity 0.5 --name p
 run sparsegpt-2:4 prune "${COMMON[@]}" --method sparsegpt --pattern 2:4 --name p-sgpt24
 run wanda-50 prune "${COMMON[@]}" --method wanda --sparsity 0.5 --name p-wanda50
 run wanda-2:4 prune "${COMMON[@]}" --method wanda --pattern 2:4 --name p-wanda24
+# true_sequential: each input's statistic after the block's earlier linears were pruned, ~one forward per block
+run wanda-50-seq prune "${COMMON[@]}" --method wanda --sparsity 0.5 --true-sequential --name p-wanda50s
+run wanda-2:4-seq prune "${COMMON[@]}" --method wanda --pattern 2:4 --true-sequential --name p-wanda24s
+run sparsegpt-50-seq prune "${COMMON[@]}" --method sparsegpt --sparsity 0.5 --true-sequential --name p-sgpt50s
+run sparsegpt-2:4-seq prune "${COMMON[@]}" --method sparsegpt --pattern 2:4 --true-sequential --name p-sgpt24s

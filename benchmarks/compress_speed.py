@@ -13,6 +13,7 @@ Runs ("before" = neural-compressor or the pruning code at --baseline-rev, "after
     rtn-inc  rtn-fast  gptq-inc  gptq-fast  awq-inc  awq-fast
     teq-inc  autoround-inc  (only on neural-compressor / auto-round: profiled, no "before")
     heads-25  channels-25   (structured pruning of 25 % of attention heads / MLP channels: profiled, no "before")
+    wanda-50-seq  wanda-2:4-seq  sparsegpt-50-seq  sparsegpt-2:4-seq   (prune's true_sequential=true)
     wanda-50-before  wanda-50  wanda-2:4-before  wanda-2:4
     sparsegpt-50-before  sparsegpt-50  sparsegpt-2:4-before  sparsegpt-2:4
 
@@ -39,7 +40,10 @@ WIKI = ROOT.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
 BASELINE_REV = "303b9f8"  # the last landed main before issue 16: INC GPTQ/AWQ and the per-column SparseGPT
 QUANT_RUNS = ("rtn-inc", "rtn-fast", "gptq-inc", "gptq-fast", "awq-inc", "awq-fast")
 PRUNE_RUNS = tuple(f"{m}-{p}{s}" for m in ("wanda", "sparsegpt") for p in ("50", "2:4") for s in ("-before", ""))
-OTHER_RUNS = ("teq-inc", "autoround-inc", "heads-25", "channels-25")  # not in the default list: profiled on demand
+# not in the default list: profiled on demand; "-seq" = prune's true_sequential=true (about one forward per block)
+OTHER_RUNS = ("teq-inc", "autoround-inc", "heads-25", "channels-25") + tuple(
+    f"{m}-{p}-seq" for m in ("wanda", "sparsegpt") for p in ("50", "2:4")
+)
 GOALS_S = {"gptq": 120, "awq": 240, "sparsegpt": 90, "wanda": 30, "rtn": 20}  # issue 16, idle 2-core machine
 
 
@@ -99,6 +103,8 @@ def compress(key: str, model, windows: list, args, say) -> dict:
         import llmctl.prune as prune_mod
     nm = (2, 4) if pattern == "2:4" else None
     kwargs = {"progress": say} if "progress" in prune_mod.prune_unstructured.__code__.co_varnames else {}
+    if key.endswith("-seq"):
+        kwargs["true_sequential"] = True
     prune_mod.prune_unstructured(model, method, None if nm else 0.5, nm, windows, **kwargs)
     return {}
 

@@ -32,6 +32,7 @@ OPTIONS = {
     "pattern": "pattern",
     "structure": "structure",
     "ratio": "ratio",
+    "true_sequential": "true_sequential",
     "calib_data": "calib.data",
     "calib_samples": "calib.samples",
     "calib_seqlen": "calib.seqlen",
@@ -59,6 +60,13 @@ def prune(
     ] = None,
     ratio: Annotated[
         float | None, typer.Option("--ratio", help="Structured: share of heads/channels to remove.")
+    ] = None,
+    true_sequential: Annotated[
+        bool | None,
+        typer.Option(
+            "--true-sequential/--no-true-sequential",
+            help="Wanda/SparseGPT: score each linear after the block's earlier ones were pruned (one pass, faster).",
+        ),
     ] = None,
     calib_data: Annotated[
         str | None, typer.Option("--calib-data", help="Calibration text file, JSONL or registry data name.")

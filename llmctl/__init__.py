@@ -23,3 +23,7 @@ _os.environ.setdefault("LOGLEVEL", "ERROR")
 import logging as _logging
 
 _logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
+
+from llmctl import lean_imports as _lean_imports  # noqa: E402 (after the environment above, as it must be)
+
+_lean_imports.install()

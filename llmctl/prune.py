@@ -186,8 +186,14 @@ def prune_unstructured(
     blocksize: int = 128,
     percdamp: float = 0.01,
     progress: Callable[[str], None] | None = None,
+    true_sequential: bool = False,
 ) -> None:
-    """Prune every decoder-block linear in place, one block at a time (progress hears each block with an ETA)."""
+    """Prune every decoder-block linear in place, one block at a time (progress hears each block with an ETA).
+
+    true_sequential=False is the papers' reference: every linear of a block is scored from the block's dense
+    forward, then the pruned block is run again for the next block's inputs (two forwards per block). True
+    takes each input class's statistic after the classes before it were pruned, at about one forward.
+    """
     layers = decoder_layers(model)
     if method == "magnitude":
         for block in layers:
@@ -212,7 +218,7 @@ def prune_unstructured(
         model,
         windows,
         on_class,
-        sequential=False,
+        sequential=true_sequential,
         stat="sqsum" if method == "wanda" else "hessian",
         progress=progress,
         label=method,
@@ -282,12 +288,18 @@ def prune_in_memory(loaded, config: dict, windows: list, progress=None) -> dict:
         blocksize=config["sparsegpt"]["blocksize"],
         percdamp=config["sparsegpt"]["percdamp"],
         progress=progress,
+        true_sequential=config["true_sequential"],
     )
     return {}
 
 
 def check_config(config: dict) -> None:
     structure, method = config["structure"], config["method"]
+    if config["true_sequential"] and (structure or method == "magnitude"):
+        raise LlmctlError(
+            f"--true-sequential applies to --method wanda or sparsegpt, not to {structure or method} pruning",
+            hint="drop --true-sequential (magnitude and structured pruning score every layer from one pass)",
+        )
     if structure:
         if structure not in ("heads", "channels"):
             raise LlmctlError(f"--structure {structure!r} is not known", hint="use heads or channels")

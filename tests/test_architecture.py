@@ -17,7 +17,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # Layers, lowest first. A module may import its own layer or lower ones, never a higher one.
-CORE = ("llmctl", "llmctl.errors", "llmctl.paths", "llmctl.quiet", "llmctl.schema", "llmctl.profiles")
+CORE = (
+    "llmctl",
+    "llmctl.errors",
+    "llmctl.paths",
+    "llmctl.quiet",
+    "llmctl.lean_imports",
+    "llmctl.schema",
+    "llmctl.profiles",
+)
 # Command schemas may use the data tables (record layouts for choices); profiles loads them by name only.
 FORMATS_DATA = (
     "llmctl.schemas",

@@ -385,6 +385,50 @@ def test_prune_walk_equals_hooking_every_linear_of_each_dense_block(method, tmp_
     assert lines[0].startswith(f"{method}: block 1/2 · ") and "ETA" in lines[1]
 
 
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_true_sequential_prune_scores_each_input_from_the_model_pruned_so_far(method, tmp_path):
+    """true_sequential=True prunes like: for each block, for each input class in call order, run the whole model
+    (earlier blocks and this block's earlier classes already pruned), take that input's statistic, prune."""
+    import copy
+
+    import torch
+
+    from conftest import build_tiny_llama
+    from llmctl.compress.blocks import block_linears, capture_block_inputs, decoder_layers
+    from llmctl.compress.sequential import plan_block
+    from llmctl.prune import prune_unstructured, sparsegpt_prune, wanda_prune
+
+    model, windows = _tiny(build_tiny_llama, tmp_path)
+    ref = copy.deepcopy(model)
+    plan = plan_block(decoder_layers(ref)[0], *capture_block_inputs(ref, windows)[0])
+    for block in decoder_layers(ref):
+        mods = block_linears(block)
+        for names in plan.classes:
+            stat = []
+
+            def hook(_m, inp, stat=stat):
+                x = inp[0].reshape(-1, inp[0].shape[-1])
+                stat.append((x * x).sum(0) if method == "wanda" else x.t() @ x)
+
+            handle = mods[names[0]].register_forward_pre_hook(hook)
+            with torch.no_grad():
+                for w in windows:
+                    ref(input_ids=w, use_cache=False)
+            handle.remove()
+            for name in names:
+                W, s = mods[name].weight.data, sum(stat)
+                mods[name].weight.data.copy_(
+                    wanda_prune(W, s, 0.5, (2, 4)) if method == "wanda" else sparsegpt_prune(W, s, 0.5, (2, 4))
+                )
+    dense = copy.deepcopy(model)
+    prune_unstructured(model, method, None, (2, 4), windows, true_sequential=True)
+    for (name, a), b in zip(model.named_parameters(), ref.parameters()):
+        assert torch.allclose(a, b, atol=1e-5), name
+    prune_unstructured(dense, method, None, (2, 4), windows)  # the reference walk: the same, except where it differs
+    last = "model.layers.1.mlp.down_proj.weight"
+    assert not torch.equal(dict(dense.named_parameters())[last], dict(model.named_parameters())[last])
+
+
 def test_fake_quantize_is_dequantized_rtn():
     import torch
 

@@ -27,6 +27,18 @@ def test_help_does_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
+def test_loading_a_model_class_does_not_import_sklearn(tiny_llama_dir):
+    """transformers' generation code would import scikit-learn (~2 s) for a feature llmctl never uses."""
+    code = (
+        "import sys, llmctl; from transformers import AutoModelForCausalLM; "
+        f"AutoModelForCausalLM.from_pretrained({str(tiny_llama_dir)!r}); "
+        "from transformers.utils import is_sklearn_available; "
+        "print('sklearn' in sys.modules, is_sklearn_available())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False"
+
+
 def test_import_hf_dir_show_and_remove(cli, tiny_llama_dir, llmctl_home):
     res = cli("models", "import", tiny_llama_dir, "--name", "t1", "--json")
     assert res.exit_code == 0, res.stderr

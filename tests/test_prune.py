@@ -110,6 +110,7 @@ def _prune(cli, *args):
         ("sparsegpt", ["--sparsity", "0.5"], 0.5),
         ("wanda", ["--pattern", "2:4"], 0.5),
         ("sparsegpt", ["--pattern", "4:8"], 0.5),
+        ("wanda", ["--pattern", "2:4", "--true-sequential"], 0.5),
     ],
 )
 def test_unstructured_and_nm(cli, tiny_model, calib_file, method, extra, expect):
@@ -208,6 +209,14 @@ def test_bad_value_is_a_usage_error(cli, tiny_model, args, message):
         (
             ["--method", "magnitude"],
             "Error: give --sparsity (unstructured), --pattern N:M or --structure heads|channels",
+        ),
+        (
+            ["--method", "magnitude", "--sparsity", "0.5", "--true-sequential"],
+            "Error: --true-sequential applies to --method wanda or sparsegpt, not to magnitude pruning",
+        ),
+        (
+            ["--structure", "channels", "--ratio", "0.5", "--true-sequential"],
+            "Error: --true-sequential applies to --method wanda or sparsegpt, not to channels pruning",
         ),
     ],
 )

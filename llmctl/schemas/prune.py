@@ -45,6 +45,12 @@ SCHEMA = Section(
         tokens=Field(int, 8192, "held-out tokens to score (0 = no perplexity)", ge=0),
         seqlen=Field(int, 512, "window length for perplexity (non-overlapping windows)", ge=2),
     ),
+    true_sequential=Field(
+        bool,
+        False,
+        "wanda/sparsegpt: each linear's statistic from inputs run through the block's linears pruned before it "
+        "(GPTQ's true-sequential; about one forward per block instead of two); false = the papers' reference",
+    ),
     sparsegpt=Section(
         "SparseGPT",
         blocksize=Field(int, 128, "columns per block (mask selection and lazy update)", ge=1),
