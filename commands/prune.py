@@ -117,7 +117,7 @@ def prune(
     before, after = result.get("perplexity_before"), result.get("perplexity_after")
     ppl = f", perplexity {before:.3f} → {after:.3f}" if before and after else ""
     err.print(
-        f"Registered {result['name']} ({what}) from {result['parent']}: sparsity "
+        f"Registered {result['name']} ({what}) from {result['parent'] or model}: sparsity "
         f"{result['overall_sparsity']:.1%}, parameters {result['parameters_before']:,} → "
         f"{result['parameters_after']:,}{ppl}"
     )

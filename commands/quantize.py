@@ -148,10 +148,10 @@ def quantize(
     if json_out:
         emit_json(result)
         return
-    _render(result)
+    _render(result, model)
 
 
-def _render(result: dict) -> None:
+def _render(result: dict, model: str) -> None:
     from rich.table import Table
 
     if result.get("trials"):
@@ -172,5 +172,5 @@ def _render(result: dict) -> None:
     group = f" g{result['group_size']}" if result.get("group_size", -1) > 0 and result["bits"] < 8 else ""
     err.print(
         f"Registered {result['name']} ({result['format']}, {result['algo']} {result['bits']}-bit{group}) "
-        f"from {result['parent']}: {result['size_mb']} MB on disk{ppl}, {result['quantize_seconds']} s"
+        f"from {result['parent'] or model}: {result['size_mb']} MB on disk{ppl}, {result['quantize_seconds']} s"
     )

@@ -235,3 +235,10 @@ def test_pruning_a_quantized_entry_is_refused(cli, tiny_model):
         "Error: q8 is already quantized (compressed-tensors rtn 8-bit); prune needs full weights; "
         "use its full-precision parent 'tiny' instead" in res.stderr
     )
+
+
+def test_a_model_given_as_a_path_is_named_by_its_path(cli, tiny_llama_dir):
+    """A folder that is not in the registry has no registry parent: the message names the folder, not None."""
+    res = cli("prune", "--model", str(tiny_llama_dir), "--method", "magnitude", "--sparsity", "0.5", "--name", "m50")
+    assert res.exit_code == 0, res.stderr
+    assert f"from {tiny_llama_dir}: sparsity 50.0%" in " ".join(res.stderr.split())
