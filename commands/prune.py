@@ -92,6 +92,7 @@ def prune(
     Examples:
         llmctl prune --model smollm2-135m-instruct --method wanda --sparsity 0.5 --calib-data FILE --name smol-w50
         llmctl prune --model M --method sparsegpt --pattern 2:4 --calib-data FILE --name M-sgpt24
+        llmctl prune --model M --method wanda --sparsity 0.5 --true-sequential --calib-data FILE --name M-w50s
         llmctl prune --model M --method magnitude --sparsity 0.5 --name M-mag50
         llmctl prune --model M --structure channels --ratio 0.25 --calib-data FILE --name M-ch25
     """
