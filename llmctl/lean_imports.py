@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import sys
 
-# transformers ≥ 4.45 reads this flag, set once at import, before importing sklearn in this module
+# the pinned transformers 4.57.6 sets this flag once at import and reads it before importing sklearn in _GATED;
+# if a later version renames either, nothing breaks: scikit-learn is imported again (the test then fails)
 _GATED = "transformers.generation.candidate_generator"
 _FLAGS = "transformers.utils.import_utils"
 
