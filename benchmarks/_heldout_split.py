@@ -16,10 +16,10 @@ from pathlib import Path
 def heldout_sets(
     model: str, data: str, eval_tokens: int, seqlen: int, calib_samples: int, calib_seqlen: int, prefix: str
 ) -> list[str]:
-    from llmctl.calibration import encode
-    from llmctl.loading import load_tokenizer
-    from llmctl.perplexity import read_text
-    from llmctl.resolve import resolve_model
+    from llmctl.compress.calibration import encode
+    from llmctl.evaluate.perplexity import read_text
+    from llmctl.models.loading import load_tokenizer
+    from llmctl.models.resolve import resolve_model
 
     tok = load_tokenizer(resolve_model(model).path)
     ids = encode(tok, read_text(Path(data)))

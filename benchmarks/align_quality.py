@@ -56,7 +56,7 @@ def split_hh(work: Path, heldout: int) -> tuple[Path, Path, list[dict]]:
     train, held = work / "hh-train.jsonl", work / "hh-heldout.jsonl"
     train.write_text("\n".join(lines[:-heldout]) + "\n", encoding="utf-8")
     held.write_text("\n".join(lines[-heldout:]) + "\n", encoding="utf-8")
-    from llmctl.finetune_data import read_records
+    from llmctl.data.sft import read_records
 
     return train, held, read_records(held)[0]
 
@@ -111,9 +111,9 @@ class Timer:
 
 def finetune_run(base: str, data: Path, name: str, profile: str, sets: list[str], explicit: dict):
     """Train `name` unless a kept --home already has it (a reward model reused by a later, separate run)."""
+    from llmctl.config.profiles import resolve_config
     from llmctl.finetune import finetune
-    from llmctl.profiles import resolve_config
-    from llmctl.registry import Registry
+    from llmctl.models.registry import Registry
 
     if Registry().find(name) is not None:
         log(f"{name}: already trained in this LLMCTL_HOME, reused")
@@ -137,10 +137,10 @@ def greedy_scores(model_name: str, records: list[dict], rm, max_new_tokens: int,
     """Greedy answers of a model to prompts: rewards, and (for adapters) KL to the base on those answers."""
     import torch
 
-    from llmctl.align_data import tokenize_prompts
+    from llmctl.data.preferences import tokenize_prompts
     from llmctl.finetune.base import Models
     from llmctl.finetune.rollout import generate, reference_logps, response_stats
-    from llmctl.loading import load_model
+    from llmctl.models.loading import load_model
 
     loaded = load_model(model_name, dtype="float32", device="cpu")
     items = tokenize_prompts(records, loaded.tokenizer, "auto", seq_len)[0]
@@ -179,9 +179,9 @@ def pref_accuracy(name: str, objective: str, held: list[dict], seq_len: int) -> 
     """Held-out accuracy: implicit reward margin (reference objectives) or mean log-likelihood margin."""
     import torch
 
+    from llmctl.data.sft import collate_pairs, tokenize_pref
     from llmctl.finetune.base import Models, response_counts, token_logps
-    from llmctl.finetune_data import collate_pairs, tokenize_pref
-    from llmctl.loading import load_model
+    from llmctl.models.loading import load_model
 
     loaded = load_model(name, dtype="float32", device="cpu")
     pairs = tokenize_pref(held, loaded.tokenizer, "auto", seq_len)[0]
@@ -238,9 +238,9 @@ def main() -> None:  # noqa: C901 (one section after another)
     if args.threads:
         torch.set_num_threads(args.threads)
     from llmctl.finetune.rewards import load_reward_model
-    from llmctl.model_import import import_model
-    from llmctl.registry import Registry
-    from llmctl.resolve import resolve_model
+    from llmctl.models.importer import import_model
+    from llmctl.models.registry import Registry
+    from llmctl.models.resolve import resolve_model
 
     base_path = resolve_model(args.model).path  # in the user's registry (the default model converts once)
     os.environ["LLMCTL_HOME"] = str(args.home) if args.home else tempfile.mkdtemp(prefix="llmctl-align-")
@@ -284,8 +284,8 @@ def main() -> None:  # noqa: C901 (one section after another)
                     "train.warmup_steps": max(1, args.rm_steps // 20),
                 },
             )
+            from llmctl.config.profiles import resolve_config
             from llmctl.evaluate import run_eval
-            from llmctl.profiles import resolve_config
 
             res = run_eval(
                 "rm",

@@ -48,11 +48,11 @@ GOALS_S = {"gptq": 120, "awq": 240, "sparsegpt": 90, "wanda": 30, "rtn": 20}  # 
 
 
 def baseline_prune_module(rev: str):
-    """llmctl/prune.py as it was at `rev`, imported under another name (the "before" of the prune rows)."""
+    """llmctl/prune/service.py as it was at `rev`, imported under another name (the "before" of the prune rows)."""
     import importlib.util
 
     source = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{rev}:llmctl/prune.py"], check=True, capture_output=True, text=True
+        ["git", "-C", str(ROOT), "show", f"{rev}:llmctl/prune/service.py"], check=True, capture_output=True, text=True
     ).stdout
     path = Path(tempfile.mkdtemp(prefix="prune-baseline-")) / "prune_baseline.py"
     path.write_text(source)
@@ -65,7 +65,7 @@ def baseline_prune_module(rev: str):
 def compress(key: str, model, windows: list, args, say) -> dict:
     """Run one algorithm on model in place (the timed stage); returns facts to report."""
     if key.endswith("-inc"):
-        from llmctl.profiles import resolve_config
+        from llmctl.config.profiles import resolve_config
         from llmctl.quantize.inc import inc_weight_only
 
         algo = key[:-4]
@@ -92,15 +92,15 @@ def compress(key: str, model, windows: list, args, say) -> dict:
 
         return {"layers": len(awq_model(model, windows, bits=args.bits, group_size=args.group_size, progress=say))}
     if key in ("heads-25", "channels-25"):
-        from llmctl.profiles import resolve_config
-        from llmctl.prune import prune_in_memory
+        from llmctl.config.profiles import resolve_config
+        from llmctl.prune.service import prune_in_memory
 
         cfg = resolve_config("prune", None, [f"structure={key.split('-')[0]}", "ratio=0.25"], {})
         return prune_in_memory(SimpleNamespace(model=model), cfg, windows, say)
     method, pattern = key.split("-")[0], key.split("-")[1]
     prune_mod = baseline_prune_module(args.baseline_rev) if key.endswith("-before") else None
     if prune_mod is None:
-        import llmctl.prune as prune_mod
+        import llmctl.prune.service as prune_mod
     nm = (2, 4) if pattern == "2:4" else None
     kwargs = {"progress": say} if "progress" in prune_mod.prune_unstructured.__code__.co_varnames else {}
     if key.endswith("-seq"):
@@ -117,8 +117,8 @@ def child(args) -> None:
 
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
-    from llmctl.calibration import held_out_perplexity, prepare_data
-    from llmctl.loading import load_model
+    from llmctl.compress.calibration import held_out_perplexity, prepare_data
+    from llmctl.models.loading import load_model
 
     say = (lambda m: print(f"    {m}", file=sys.stderr, flush=True)) if args.verbose else (lambda m: None)
     out: dict = {"run": args.child, "threads": torch.get_num_threads()}
@@ -258,7 +258,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads (and OMP_NUM_THREADS) of every run")
     ap.add_argument("--only", default=",".join(QUANT_RUNS + PRUNE_RUNS), help="comma list of runs (see above)")
     ap.add_argument("--profile", type=int, default=0, help="print the N functions with the most own time")
-    ap.add_argument("--baseline-rev", default=BASELINE_REV, help="git revision whose llmctl/prune.py is 'before'")
+    ap.add_argument(
+        "--baseline-rev", default=BASELINE_REV, help="git revision whose llmctl/prune/service.py is 'before'"
+    )
     ap.add_argument("--skip-fp", action="store_true", help="do not score the uncompressed model")
     ap.add_argument("--verbose", action="store_true", help="show each run's progress lines on stderr")
     ap.add_argument("--out", default=None, help="also write the JSON here")

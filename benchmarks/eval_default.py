@@ -1,7 +1,7 @@
 """The default model (SmolLM2-135M-Instruct) on the standard offline tasks through `llmctl eval`.
 
 HellaSwag (the local validation items), ARC-Challenge (test) and WikiText-2 perplexity
-(llmctl.perplexity, seqlen 2048, stride 512), with wall times. Prints one JSON document.
+(llmctl.evaluate.perplexity, seqlen 2048, stride 512), with wall times. Prints one JSON document.
 
 Usage:
     .venv/bin/python benchmarks/eval_default.py                       # full settings (slow on CPU)
@@ -35,9 +35,9 @@ def main() -> None:
 
     import torch
 
+    from llmctl.config.profiles import resolve_config
     from llmctl.evaluate import run_eval
-    from llmctl.loading import load_model
-    from llmctl.profiles import resolve_config
+    from llmctl.models.loading import load_model
 
     t0 = time.perf_counter()
     loaded = load_model(args.model, dtype="float32", device="cpu")

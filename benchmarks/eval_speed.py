@@ -66,8 +66,8 @@ def main() -> None:
 
     import lm_eval
 
-    from llmctl.eval_tasks import _split_files
-    from llmctl.resolve import resolve_model
+    from llmctl.evaluate.task_files import _split_files
+    from llmctl.models.resolve import resolve_model
 
     resolved = resolve_model(args.model)  # converts the default model on first use
     data_file = _split_files("hellaswag", Path(args.data_dir))["validation"][0]

@@ -31,7 +31,7 @@ WIKI = ROOT.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
 
 
 def _wiki_text(tokenizer, path: Path, tokens: int) -> str:
-    from llmctl.perplexity import read_text
+    from llmctl.evaluate.perplexity import read_text
 
     ids = tokenizer(read_text(path), add_special_tokens=False)["input_ids"][:tokens]
     return tokenizer.decode(ids)
@@ -49,19 +49,19 @@ def _llama_cpp_speed(path: Path, prompt: str, new_tokens: int) -> float | str:
 
 
 def _llmctl_speed(model: str, prompt: str, new_tokens: int) -> float:
-    from llmctl.generate import generate
-    from llmctl.profiles import resolve_config
+    from llmctl.config.profiles import resolve_config
+    from llmctl.inference.generate import generate
 
     cfg = resolve_config("generate", None, [f"max_new_tokens={new_tokens}", "do_sample=false", "chat=false"], {})
     return generate(model, [{"id": 1, "prompt": prompt}], cfg).stats["tokens_per_s"]
 
 
 def bench_types(model: str, args, tmp: Path) -> list[dict]:
+    from llmctl.config.profiles import resolve_config
     from llmctl.export import parity
     from llmctl.export.service import export
-    from llmctl.formats.gguf import read
-    from llmctl.loading import load_model
-    from llmctl.profiles import resolve_config
+    from llmctl.models.formats.gguf import read
+    from llmctl.models.loading import load_model
 
     source = load_model(model, dtype="float32", device="cpu")
     text = _wiki_text(source.tokenizer, Path(args.data), args.eval_tokens)
@@ -112,10 +112,10 @@ def bench_gptq_compressed_tensors(model: str, args, tmp: Path) -> dict:
     """quantize 4-bit (GPTQ, INC layout) → export compressed-tensors → transformers' loader vs llmctl's load."""
     import torch
 
+    from llmctl.config.profiles import resolve_config
     from llmctl.export.service import export
-    from llmctl.formats.compressed_tensors import read_transformers
-    from llmctl.loading import load_model
-    from llmctl.profiles import resolve_config
+    from llmctl.models.formats.compressed_tensors import read_transformers
+    from llmctl.models.loading import load_model
     from llmctl.quantize import quantize
 
     sets = [

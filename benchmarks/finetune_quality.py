@@ -28,9 +28,9 @@ DATA = ROOT.parent / "shared" / "data" / "alpaca" / "alpaca_2000.json"
 
 def heldout_loss(model, tokenizer, records, seq_len: int, batch_size: int, dtype: str) -> tuple[float, int]:
     """Mean response-token loss over every held-out example (packed, block-diagonal attention)."""
+    from llmctl.data.sft import tokenize_sft
     from llmctl.finetune.batches import sft_plan
     from llmctl.finetune.objectives import sft_eval_loss
-    from llmctl.finetune_data import tokenize_sft
     from llmctl.training.precision import Precision
 
     examples, _ = tokenize_sft(records, "alpaca", tokenizer, "auto", seq_len)
@@ -61,12 +61,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1234)
     args = ap.parse_args()
 
+    from llmctl.config.profiles import resolve_config
     from llmctl.finetune import finetune
-    from llmctl.loading import load_model
-    from llmctl.model_import import import_model
-    from llmctl.profiles import resolve_config
-    from llmctl.registry import Registry
-    from llmctl.resolve import resolve_model
+    from llmctl.models.importer import import_model
+    from llmctl.models.loading import load_model
+    from llmctl.models.registry import Registry
+    from llmctl.models.resolve import resolve_model
 
     base_path = resolve_model(args.model).path
     records = json.loads(Path(args.data).read_text())

@@ -40,7 +40,7 @@ def peak_rss_mb() -> float:
 
 
 def model_path(spec: str) -> str:
-    from llmctl.resolve import resolve_model
+    from llmctl.models.resolve import resolve_model
 
     return resolve_model(spec).path
 
@@ -126,8 +126,8 @@ def hf_side(args) -> dict:
 
 
 def llmctl_side(args) -> dict:
+    from llmctl.config.profiles import resolve_config
     from llmctl.finetune import finetune
-    from llmctl.profiles import resolve_config
     from llmctl.training.precision import compute_dtype
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -155,8 +155,8 @@ def llmctl_side(args) -> dict:
         )
         os.environ["LLMCTL_HOME"] = str(Path(tmp) / "home")
         # the default model from the caller's registry, linked (not converted again)
-        from llmctl.model_import import import_model
-        from llmctl.registry import Registry
+        from llmctl.models.importer import import_model
+        from llmctl.models.registry import Registry
 
         import_model(Registry(), args.model_dir, "base", link=True)
         res = finetune("base", data, "bench-lora", config)

@@ -41,10 +41,10 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmctl.generate import generate
-    from llmctl.loading import load_model
-    from llmctl.profiles import resolve_config
-    from llmctl.resolve import resolve_model
+    from llmctl.config.profiles import resolve_config
+    from llmctl.inference.generate import generate
+    from llmctl.models.loading import load_model
+    from llmctl.models.resolve import resolve_model
 
     resolved = resolve_model(args.model)  # converts the default model on first use
     t0 = time.perf_counter()

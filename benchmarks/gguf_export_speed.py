@@ -31,10 +31,10 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmctl.default_model import ensure_default_model
     from llmctl.export.gguf_writer import write_gguf
-    from llmctl.registry import Registry
-    from llmctl.resolve import resolve_model
+    from llmctl.models.default import ensure_default_model
+    from llmctl.models.registry import Registry
+    from llmctl.models.resolve import resolve_model
 
     torch.set_num_threads(args.threads)
     if args.model == "smollm2-135m-instruct":

@@ -50,7 +50,7 @@ def floats(text: str) -> list[float]:
 
 def passkey_part(args) -> dict:
     from llmctl.evaluate.passkey import run_passkey
-    from llmctl.loading import load_model
+    from llmctl.models.loading import load_model
 
     pconfig = {"context_lengths": args.lengths, "depths": args.depths, "samples": args.samples, "digits": 5}
     methods = {
@@ -98,8 +98,8 @@ def passkey_part(args) -> dict:
 
 
 def bucket_ppl(model: str, text: Path, buckets: list[int], rope: dict | None, device: str) -> dict:
+    from llmctl.config.profiles import resolve_config
     from llmctl.evaluate import run_eval
-    from llmctl.profiles import resolve_config
 
     explicit = {
         "perplexity.data": str(text),

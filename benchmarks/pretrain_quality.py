@@ -71,7 +71,7 @@ def main() -> None:
     budget_tokens = tps * args.minutes * 60 * 0.95  # evals and checkpoints take some of the budget
     steps = max(10, int(budget_tokens / probe["tokens_per_step"]))
     # on a slow (or busy) machine few steps fit: keep warmup to at most a tenth of them
-    from llmctl.profiles import resolve_config
+    from llmctl.config.profiles import resolve_config
 
     warmup = min(resolve_config("pretrain", "shakespeare-tiny", [], {})["train"]["warmup_steps"], max(1, steps // 10))
     t1 = time.perf_counter()

@@ -136,7 +136,7 @@ def baseline_side(data: Path, steps: int, config: dict) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, get_cosine_schedule_with_warmup
 
-    from llmctl.token_data import TokenData
+    from llmctl.data.token_data import TokenData
 
     m, t = config["model"], config["train"]
     tokens = TokenData(data).tokens("train")
@@ -193,7 +193,7 @@ def main() -> None:
     ap.add_argument("--side", choices=["baseline"], default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
-    from llmctl.profiles import resolve_config
+    from llmctl.config.profiles import resolve_config
 
     config = resolve_config("pretrain", "shakespeare-tiny", [], {})
     if args.side == "baseline":

@@ -1,7 +1,7 @@
 """Wikitext-2 perplexity of the default model pruned 50% unstructured and 2:4: magnitude vs Wanda vs SparseGPT.
 
 Everything goes through `llmctl prune`'s service (prune → save → register) in a throwaway
-LLMCTL_HOME; perplexity is llmctl.perplexity on the first --eval-tokens tokens of wiki.test.raw
+LLMCTL_HOME; perplexity is llmctl.evaluate.perplexity on the first --eval-tokens tokens of wiki.test.raw
 (windows of --seqlen, no overlap); calibration windows come from the rest of the file. Prints one
 JSON document with each run's perplexity, measured sparsity and its ratio to magnitude's.
 
@@ -47,8 +47,8 @@ def main() -> None:
     os.environ.setdefault("LLMCTL_HOME", tempfile.mkdtemp(prefix="llmctl-bench-"))
     from _heldout_split import heldout_sets
 
-    from llmctl.profiles import resolve_config
-    from llmctl.prune import prune
+    from llmctl.config.profiles import resolve_config
+    from llmctl.prune.service import prune
 
     base = heldout_sets(
         args.model, args.data, args.eval_tokens, args.seqlen, args.calib_samples, args.calib_seqlen, "pbench-"

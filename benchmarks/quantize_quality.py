@@ -1,7 +1,7 @@
 """Wikitext-2 perplexity of the default model: fp vs INC RTN / GPTQ / AWQ (4-bit) and OpenVINO int4/int8.
 
 Everything goes through `llmctl quantize`'s service (quantize → save → register) in a throwaway
-LLMCTL_HOME; perplexity is llmctl.perplexity on the first --eval-tokens tokens of wiki.test.raw,
+LLMCTL_HOME; perplexity is llmctl.evaluate.perplexity on the first --eval-tokens tokens of wiki.test.raw,
 windows of --seqlen, no overlap. Calibration windows come from the rest of the file (disjoint from
 the scored tokens). Prints one JSON document: perplexities, seconds, sizes, and for GPTQ/AWQ the
 share of RTN's gap to fp they close: (ppl_rtn - ppl_x) / (ppl_rtn - ppl_fp).
@@ -47,7 +47,7 @@ def main() -> None:
     os.environ.setdefault("LLMCTL_HOME", tempfile.mkdtemp(prefix="llmctl-bench-"))
     from _heldout_split import heldout_sets
 
-    from llmctl.profiles import resolve_config
+    from llmctl.config.profiles import resolve_config
     from llmctl.quantize import quantize
 
     base = [

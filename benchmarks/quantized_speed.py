@@ -47,13 +47,13 @@ def main() -> None:
 
     import torch
 
-    from llmctl.generate import generate
-    from llmctl.loading import load_model
+    from llmctl.config.profiles import resolve_config
+    from llmctl.inference.generate import generate
+    from llmctl.models.loading import load_model
+    from llmctl.models.registry import Registry
+    from llmctl.models.resolve import resolve_model
     from llmctl.paths import dir_size_mb
-    from llmctl.profiles import resolve_config
     from llmctl.quantize import quantize
-    from llmctl.registry import Registry
-    from llmctl.resolve import resolve_model
 
     torch.set_num_threads(args.threads)
     gen_cfg = resolve_config("generate", None, [f"max_new_tokens={args.new_tokens}", "dtype=float32", "device=cpu"], {})

@@ -319,10 +319,10 @@ def load_run(server: Server, model: str, total: int, bad_share: float, clients: 
 
 
 def perplexities(model: str, backends: list[str], gguf: str | None, path: str, tokens: int) -> dict:
+    from llmctl.evaluate.perplexity import perplexity
     from llmctl.inference.backends.openvino import cached_conversion
-    from llmctl.loading import load_model
-    from llmctl.perplexity import perplexity
-    from llmctl.resolve import resolve_model
+    from llmctl.models.loading import load_model
+    from llmctl.models.resolve import resolve_model
 
     text = open(path, encoding="utf-8").read()
     resolved = resolve_model(model)
@@ -387,7 +387,7 @@ def main() -> None:
 
     from llmctl.inference import backends as table
     from llmctl.inference.backends.llamacpp import gguf_file_of
-    from llmctl.resolve import resolve_model
+    from llmctl.models.resolve import resolve_model
 
     resolved = resolve_model(args.model)
     names = (

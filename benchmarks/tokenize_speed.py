@@ -52,7 +52,7 @@ def baseline(tokenizer_json: Path, files: list[Path], batch_docs: int) -> dict:
 
 
 def run_llmctl(tokenizer: str, files: list[Path], workers: int, out: Path) -> dict:
-    from llmctl.profiles import resolve_config
+    from llmctl.config.profiles import resolve_config
     from llmctl.tokenize import encode_corpus
 
     config = resolve_config("tokenize", None, None, {"encode.workers": workers, "encode.val_fraction": 0.0})
@@ -128,7 +128,7 @@ def main() -> None:
         files = [corpus]
         tokenizer = args.tokenizer
         if tokenizer is None:
-            from llmctl.profiles import resolve_config
+            from llmctl.config.profiles import resolve_config
             from llmctl.tokenize import train_tokenizer
 
             cfg = resolve_config("tokenize", None, None, {"train.vocab_size": 4096})

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from llmctl.schema import DEVICES, Field, dtype_field
+from llmctl.config.schema import DEVICES, Field, dtype_field
 
 # Logs, progress and tables for people go to stderr; stdout carries only results (--json).
 err = Console(stderr=True, highlight=False)
@@ -118,7 +118,7 @@ def resolve(ctx: typer.Context, command: str, options: Options, extra: dict | No
     Examples:
         config = resolve(ctx, "generate", {"top_p": "top_p", "dtype": "dtype"})
     """
-    from llmctl.profiles import dump_config, resolve_config
+    from llmctl.config.profiles import dump_config, resolve_config
 
     params = ctx.params
     explicit: dict[str, Any] = {}

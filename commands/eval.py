@@ -230,7 +230,7 @@ def eval_(
         plot_heatmap(result.files["passkey_heatmap"], heatmap, title=f"passkey: {result.model}")
         err.print(f"Wrote {heatmap}")
     if output is not None:
-        from llmctl.profiles import save_config
+        from llmctl.config.profiles import save_config
 
         written = write_results(result, output)
         save_config(config, output.with_name(output.name + ".config.yaml"), command_line())

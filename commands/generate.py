@@ -131,10 +131,10 @@ def generate(
         llmctl generate -m M --prompt "Once upon" --do-sample --temperature 0.8 --seed 1 --stream
         llmctl generate -m M --input long-prompts.jsonl --rope-scaling dynamic --rope-factor 2
     """
-    from llmctl.generate import generate as run_generate
-    from llmctl.generate import read_prompts_jsonl, write_results_jsonl
+    from llmctl.config.profiles import save_config
+    from llmctl.inference.generate import generate as run_generate
+    from llmctl.inference.generate import read_prompts_jsonl, write_results_jsonl
     from llmctl.paths import check_output_path
-    from llmctl.profiles import save_config
 
     config = resolve(ctx, "generate", OPTIONS)
     if prompt is not None and input_file is not None:

@@ -26,8 +26,8 @@ from llmctl.cli import quantize as quantize_cmd
 from llmctl.cli import serve as serve_cmd
 from llmctl.cli import tokenize as tokenize_cmd
 from llmctl.errors import LlmctlError, first_line
-from llmctl.quiet import configure_library_logs
-from llmctl.threads import tame_openmp_spin
+from llmctl.runtime.quiet import configure_library_logs
+from llmctl.runtime.threads import tame_openmp_spin
 
 
 class LlmctlGroup(TyperGroup):
@@ -38,7 +38,7 @@ class LlmctlGroup(TyperGroup):
         _common.remember_args(args)
         debug = "--debug" in args or os.environ.get("LLMCTL_DEBUG", "") in ("1", "true")
         configure_library_logs(verbose=debug or os.environ.get("LOGLEVEL", "").upper() in ("INFO", "DEBUG"))
-        tame_openmp_spin()  # before any command imports torch (llmctl/threads.py)
+        tame_openmp_spin()  # before any command imports torch (llmctl/runtime/threads.py)
         try:
             rv = super().main(args, prog_name or "llmctl", complete_var, standalone_mode=False, **extra)
         except typer.Exit as exc:

@@ -57,7 +57,7 @@ def merge_lora(
         llmctl merge-lora --adapter smol-alpaca-lora --name smol-alpaca
         llmctl merge-lora --adapter smol-qlora --name smol-q --dtype bf16 --requantize nf4
     """
-    from llmctl.merge import merge_lora as run_merge
+    from llmctl.merge_lora.service import merge_lora as run_merge
 
     config = resolve(ctx, "merge-lora", OPTIONS)
     result = run_merge(adapter, name, config, base=base, force=force, command=command_line())

@@ -32,7 +32,7 @@ def list_models(json_out: JsonOpt = False) -> None:
         llmctl models list
         llmctl models list --json | jq '.[].name'
     """
-    from llmctl.registry import Registry
+    from llmctl.models.registry import Registry
 
     entries = Registry().list()
     if json_out:
@@ -54,8 +54,8 @@ def show(name: Annotated[str, typer.Argument(help="Registry name.")], json_out: 
     Examples:
         llmctl models show smol-alpaca-lora --json
     """
-    from llmctl.profiles import dump_config
-    from llmctl.registry import Registry
+    from llmctl.config.profiles import dump_config
+    from llmctl.models.registry import Registry
 
     reg = Registry()
     entry = reg.get(name)
@@ -90,8 +90,8 @@ def _gguf_file(entry) -> str | None:
     """The .gguf file of a `gguf` entry (the file llama.cpp and Ollama take), when it is there."""
     from pathlib import Path
 
-    from llmctl import formats
     from llmctl.errors import LlmctlError
+    from llmctl.models import formats
 
     if entry.format != "gguf" or not Path(entry.path).exists():
         return None
@@ -121,8 +121,8 @@ def import_(
         llmctl models import ./checkpoints/final --name my-model
         llmctl models import model.Q4_K_M.gguf --name my-gguf
     """
-    from llmctl.model_import import import_model
-    from llmctl.registry import Registry
+    from llmctl.models.importer import import_model
+    from llmctl.models.registry import Registry
 
     with err.status(f"Importing {src} …"):
         entry = import_model(Registry(), src, name, link=link, force=force, command=command_line())
@@ -145,7 +145,7 @@ def remove(
     Examples:
         llmctl models remove old-run --delete-files
     """
-    from llmctl.registry import Registry
+    from llmctl.models.registry import Registry
 
     reg = Registry()
     children = reg.children(name)
@@ -184,7 +184,7 @@ def doctor(
         llmctl models doctor
         llmctl models doctor --fix --json
     """
-    from llmctl.doctor import doctor as run_doctor
+    from llmctl.models.doctor import doctor as run_doctor
 
     report = run_doctor(fix=fix)
     if json_out:

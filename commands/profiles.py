@@ -19,7 +19,7 @@ app = typer.Typer(help="List and show profiles (YAML settings per command).", no
 
 
 def _complete_command(incomplete: str) -> list[str]:
-    from llmctl.profiles import profile_commands
+    from llmctl.config.profiles import profile_commands
 
     return [c for c in profile_commands() if c.startswith(incomplete)]
 
@@ -37,7 +37,7 @@ def list_(
     Examples:
         llmctl profiles list --command generate
     """
-    from llmctl.profiles import check_command, list_profiles
+    from llmctl.config.profiles import check_command, list_profiles
 
     found = list_profiles(check_command(command) if command is not None else None)
     if json_out:
@@ -74,7 +74,7 @@ def show(
         llmctl profiles show generate/creative
         llmctl profiles show generate/default --defaults
     """
-    from llmctl.profiles import documented_defaults, find_profile, load_profile_file, schema_for
+    from llmctl.config.profiles import documented_defaults, find_profile, load_profile_file, schema_for
 
     info = find_profile(None, name)
     config = load_profile_file(info.path, schema_for(info.command))

@@ -96,7 +96,7 @@ def prune(
         llmctl prune --model M --method magnitude --sparsity 0.5 --name M-mag50
         llmctl prune --model M --structure channels --ratio 0.25 --calib-data FILE --name M-ch25
     """
-    from llmctl.prune import prune as run
+    from llmctl.prune.service import prune as run
 
     config = resolve(ctx, "prune", OPTIONS)
     with err.status("Pruning …") as status:

@@ -24,6 +24,6 @@ import logging as _logging
 
 _logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
 
-from llmctl import lean_imports as _lean_imports  # noqa: E402 (after the environment above, as it must be)
+from llmctl.runtime import lean_imports as _lean_imports  # noqa: E402 (after the environment above, as it must be)
 
 _lean_imports.install()

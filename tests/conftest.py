@@ -142,8 +142,8 @@ def tiny_gpt2_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny_model(tiny_llama_dir) -> str:
     """The tiny LLaMA registered (in place) in this test's registry as 'tiny'."""
-    from llmctl.model_import import import_model
-    from llmctl.registry import Registry
+    from llmctl.models.importer import import_model
+    from llmctl.models.registry import Registry
 
     import_model(Registry(), str(tiny_llama_dir), "tiny", link=True)
     return "tiny"
@@ -152,8 +152,8 @@ def tiny_model(tiny_llama_dir) -> str:
 @pytest.fixture(scope="session")
 def default_model_dir(tmp_path_factory) -> Path:
     """The real default model converted from its GGUF once per session (about 30 s)."""
-    from llmctl.default_model import gguf_path
-    from llmctl.formats.hf import gguf_to_hf
+    from llmctl.models.default import gguf_path
+    from llmctl.models.formats.hf import gguf_to_hf
 
     dest = tmp_path_factory.mktemp("smollm2")
     gguf_to_hf(gguf_path(), dest)
@@ -163,9 +163,9 @@ def default_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def default_model(default_model_dir) -> str:
     """The default model under its registry name in this test's registry."""
-    from llmctl.default_model import DEFAULT_MODEL_NAME
-    from llmctl.model_import import import_model
-    from llmctl.registry import Registry
+    from llmctl.models.default import DEFAULT_MODEL_NAME
+    from llmctl.models.importer import import_model
+    from llmctl.models.registry import Registry
 
     import_model(Registry(), str(default_model_dir), DEFAULT_MODEL_NAME, link=True)
     return DEFAULT_MODEL_NAME

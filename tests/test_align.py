@@ -18,7 +18,7 @@ def _prefs(n: int = 12) -> list[dict]:
 
 
 def _config(objective, method="lora", sets=(), **explicit):
-    from llmctl.profiles import resolve_config
+    from llmctl.config.profiles import resolve_config
 
     base = {
         "method": method,
@@ -39,7 +39,7 @@ def _config(objective, method="lora", sets=(), **explicit):
 
 @pytest.fixture
 def tok(tiny_llama_dir):
-    from llmctl.loading import load_tokenizer
+    from llmctl.models.loading import load_tokenizer
 
     return load_tokenizer(str(tiny_llama_dir))
 
@@ -63,7 +63,7 @@ def vowels(tmp_path) -> str:
 
 
 def test_hh_rlhf_dialogues_split_at_the_last_shared_assistant_turn():
-    from llmctl.layouts import detect
+    from llmctl.data.layouts import detect
 
     rec = {
         "chosen": "\n\nHuman: Hi\n\nAssistant: Hello.\n\nHuman: Rob a bank?\n\nAssistant: No, I can't help.",
@@ -93,7 +93,7 @@ def test_hh_rlhf_dialogues_split_at_the_last_shared_assistant_turn():
 
 
 def test_chat_message_pairs_with_and_without_an_explicit_prompt():
-    from llmctl.layouts import detect
+    from llmctl.data.layouts import detect
 
     user, a, b = (
         {"role": "user", "content": "2+2?"},
@@ -109,7 +109,7 @@ def test_chat_message_pairs_with_and_without_an_explicit_prompt():
 
 
 def test_kto_unpaired_and_prompts_with_extra_fields(tmp_path):
-    from llmctl.layouts import read_dataset
+    from llmctl.data.layouts import read_dataset
 
     kto = write_jsonl(tmp_path / "k.jsonl", [{"prompt": "p", "completion": "c", "label": False}])
     records, layout = read_dataset(kto)
@@ -123,7 +123,7 @@ def test_kto_unpaired_and_prompts_with_extra_fields(tmp_path):
 
 
 def test_the_shared_hh_rlhf_file_reads_as_pairs(shared_data, tok):
-    from llmctl.finetune_data import read_records, tokenize_pref
+    from llmctl.data.sft import read_records, tokenize_pref
 
     records, kind = read_records(shared_data / "hh-rlhf" / "harmless-base-1800.jsonl")
     assert kind == "hh-rlhf" and len(records) == 1800
@@ -135,8 +135,8 @@ def test_the_shared_hh_rlhf_file_reads_as_pairs(shared_data, tok):
 
 
 def test_bad_pairs_are_one_line(tmp_path):
+    from llmctl.data.layouts import read_dataset
     from llmctl.errors import LlmctlError
-    from llmctl.layouts import read_dataset
 
     bad = write_jsonl(
         tmp_path / "b.jsonl",
@@ -183,7 +183,7 @@ def two_models(tmp_path):
 
 
 def _pairs(tok):
-    from llmctl.finetune_data import tokenize_pref
+    from llmctl.data.sft import tokenize_pref
 
     records = [
         {"prompt": "Say fox.", "chosen": "The fox.", "rejected": "A dog is here."},
@@ -200,8 +200,8 @@ def _sig(x: float) -> float:
 def test_pair_losses_equal_the_hand_computed_value(two_models, tok, objective):
     import torch
 
+    from llmctl.data.sft import collate_pairs
     from llmctl.finetune.objectives import Models, get
-    from llmctl.finetune_data import collate_pairs
 
     net, ref = two_models
     pairs = _pairs(tok)
@@ -227,7 +227,7 @@ def test_pair_losses_equal_the_hand_computed_value(two_models, tok, objective):
 
 
 def test_kto_loss_equals_the_hand_computed_value(two_models, tok):
-    from llmctl.align_data import collate_unpaired, tokenize_unpaired
+    from llmctl.data.preferences import collate_unpaired, tokenize_unpaired
     from llmctl.finetune.objectives import Models, get
 
     net, ref = two_models
@@ -419,7 +419,7 @@ def test_ppo_from_a_reward_model_resumes_exactly_and_records_the_reward_model(ti
     from safetensors.torch import load_file
 
     from llmctl.finetune import finetune
-    from llmctl.registry import Registry
+    from llmctl.models.registry import Registry
 
     finetune(tiny_model, prefs_file, "rm", _config("reward", **{"train.max_steps": 2}))
     sets = ["rollout.max_new_tokens=6", "ppo.rollout_batch=4", "ppo.target_kl=1.0", "lora.r=4"]
@@ -520,7 +520,7 @@ def test_reward_accuracy_eval_by_hand_with_gates_output_and_attach(cli, tiny_mod
     from llmctl.evaluate.reward import pair_margins, read_pairs
     from llmctl.finetune import finetune
     from llmctl.finetune.rewards import load_reward_model
-    from llmctl.registry import Registry
+    from llmctl.models.registry import Registry
 
     finetune(tiny_model, prefs_file, "rm", _config("reward", **{"train.max_steps": 3, "train.lr": 5e-3}))
     held = write_jsonl(
@@ -624,8 +624,8 @@ def _other_tokenizer_reward_model(tiny_llama_dir, dest: Path) -> Path:
 
 
 def test_on_policy_bad_input_is_one_line(cli, tiny_model, tiny_llama_dir, prefs_file, tmp_path):
-    from llmctl.model_import import import_model
-    from llmctl.registry import Registry
+    from llmctl.models.importer import import_model
+    from llmctl.models.registry import Registry
 
     common = [
         "finetune",

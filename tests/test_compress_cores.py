@@ -156,7 +156,7 @@ def test_gptq_static_groups_keep_column_order_groups():
 
 @pytest.mark.parametrize("nm", [None, (2, 4)])
 def test_sparsegpt_sweep_equals_plain_per_column_sparsegpt(nm):
-    from llmctl.prune import sparsegpt_prune
+    from llmctl.prune.service import sparsegpt_prune
 
     W, H = _problem()
     out = sparsegpt_prune(W, H, None if nm else 0.5, nm, blocksize=32)
@@ -375,7 +375,7 @@ def test_prune_walk_equals_hooking_every_linear_of_each_dense_block(method, tmp_
 
     from conftest import build_tiny_llama
     from llmctl.compress.blocks import block_linears, capture_block_inputs, decoder_layers, run_block
-    from llmctl.prune import prune_unstructured, sparsegpt_prune, wanda_prune
+    from llmctl.prune.service import prune_unstructured, sparsegpt_prune, wanda_prune
 
     model, windows = _tiny(build_tiny_llama, tmp_path)
     ref = copy.deepcopy(model)
@@ -420,7 +420,7 @@ def test_true_sequential_prune_scores_each_input_from_the_model_pruned_so_far(me
     from conftest import build_tiny_llama
     from llmctl.compress.blocks import block_linears, capture_block_inputs, decoder_layers
     from llmctl.compress.sequential import plan_block
-    from llmctl.prune import prune_unstructured, sparsegpt_prune, wanda_prune
+    from llmctl.prune.service import prune_unstructured, sparsegpt_prune, wanda_prune
 
     model, windows = _tiny(build_tiny_llama, tmp_path)
     ref = copy.deepcopy(model)
@@ -467,7 +467,7 @@ def test_fake_quantize_is_dequantized_rtn():
 def test_lowest_k_picks_what_topk_picks_and_exactly_k_with_ties():
     import torch
 
-    from llmctl.prune import lowest_k
+    from llmctl.prune.service import lowest_k
 
     torch.manual_seed(3)
     s = torch.rand(50, 40)

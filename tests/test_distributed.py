@@ -220,10 +220,10 @@ def test_micro_batches_of_a_step_split_by_rank():
 
 
 def test_fingerprint_counts_grad_accum_times_processes(tmp_path):
+    from llmctl.config.profiles import resolve_config
     from llmctl.errors import LlmctlError
     from llmctl.finetune import objectives
     from llmctl.finetune.loop import check_resume, fingerprint
-    from llmctl.profiles import resolve_config
 
     data = write_jsonl(tmp_path / "d.jsonl", [{"text": "x"}])
     cfg = resolve_config("finetune", None, [], {"train.grad_accum": 2})
@@ -243,9 +243,9 @@ def test_fingerprint_counts_grad_accum_times_processes(tmp_path):
 
 
 def test_fsdp_refused_for_methods_it_cannot_shard():
+    from llmctl.config.profiles import resolve_config
     from llmctl.errors import LlmctlError
     from llmctl.finetune.parallel import check_strategy
-    from llmctl.profiles import resolve_config
 
     cfg = resolve_config("finetune", None, ["dist.strategy=fsdp"], {"method": "qlora"})
     check_strategy(cfg, world=1)  # one process ignores dist.*

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from conftest import write_jsonl
+from llmctl.config.profiles import resolve_config
 from llmctl.errors import LlmctlError, UsageError
 from llmctl.evaluate import evaluate_gates, flatten, parse_gates, parse_limit, parse_tasks, run_eval
-from llmctl.profiles import resolve_config
 
 WORDS = (
     "the cat dog runs jumps over a big small red blue house tree river quickly slowly "
@@ -165,8 +165,8 @@ TASKS = ["hellaswag", "arc_challenge", "arc_easy", "piqa", "winogrande", "mmlu",
 
 def test_scores_equal_lm_eval_on_same_model_object(tiny_model, data_dir, tmp_path):
     """llmctl eval == lm_eval.simple_evaluate on the same model object, data, task config and limit."""
-    from llmctl.eval_tasks import write_task_dir
-    from llmctl.loading import load_model
+    from llmctl.evaluate.task_files import write_task_dir
+    from llmctl.models.loading import load_model
 
     loaded = load_model(tiny_model, dtype="float32", device="cpu")
     ours = run_eval(tiny_model, TASKS, cfg(data_dir, limit=6), loaded=loaded)
@@ -262,8 +262,8 @@ def _reference_dir(tmp_path: Path, data_dir: Path) -> Path:
 
 def test_offline_configs_reproduce_lm_eval_standard_tasks(tiny_model, data_dir, tmp_path):
     """Same prompts, choices, targets and scores as lm-eval's own task YAMLs on the same items."""
-    from llmctl.eval_tasks import write_task_dir
-    from llmctl.loading import load_model
+    from llmctl.evaluate.task_files import write_task_dir
+    from llmctl.models.loading import load_model
 
     loaded = load_model(tiny_model, dtype="float32", device="cpu")
     names = ["hellaswag", "arc_challenge", "arc_easy", "piqa", "winogrande", "mmlu_anatomy"]
@@ -280,7 +280,7 @@ def test_offline_configs_reproduce_lm_eval_standard_tasks(tiny_model, data_dir, 
 
 
 def test_batch_size_does_not_change_multiple_choice_scores(tiny_model, data_dir):
-    from llmctl.loading import load_model
+    from llmctl.models.loading import load_model
 
     loaded = load_model(tiny_model, dtype="float32", device="cpu")
     tasks = ["hellaswag", "arc_challenge", "winogrande"]
@@ -295,8 +295,8 @@ def test_peft_adapter_model_object(tiny_model, tiny_llama_dir, data_dir, tmp_pat
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from llmctl.eval_tasks import write_task_dir
-    from llmctl.loading import load_model
+    from llmctl.evaluate.task_files import write_task_dir
+    from llmctl.models.loading import load_model
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     peft_model = get_peft_model(
@@ -322,7 +322,7 @@ def test_tokenizer_without_pad_token(tiny_llama_dir, data_dir, tmp_path, cli):
     from transformers import AutoTokenizer
 
     from llmctl.evaluate import make_lm
-    from llmctl.loading import load_model
+    from llmctl.models.loading import load_model
 
     dest = tmp_path / "nopad"
     shutil.copytree(tiny_llama_dir, dest)
@@ -360,8 +360,8 @@ def test_tokenizer_without_pad_token(tiny_llama_dir, data_dir, tmp_path, cli):
 
 
 def test_perplexity_task_uses_llmctl_perplexity(tiny_model, data_dir):
-    from llmctl.loading import load_model
-    from llmctl.perplexity import perplexity, read_text
+    from llmctl.evaluate.perplexity import perplexity, read_text
+    from llmctl.models.loading import load_model
 
     loaded = load_model(tiny_model, dtype="float32", device="cpu")
     text_path = data_dir / "wikitext-2-raw" / "wiki.test.raw"
@@ -635,8 +635,8 @@ def test_cli_help_documents_both_forms_and_layout(cli):
 
 def test_cli_compare_table_plot_and_from_registry(cli, tiny_model, tiny_llama_dir, data_dir, tmp_path):
     from conftest import build_tiny_llama
-    from llmctl.model_import import import_model
-    from llmctl.registry import Registry
+    from llmctl.models.importer import import_model
+    from llmctl.models.registry import Registry
 
     other = build_tiny_llama(tmp_path / "other", seed=1)
     import_model(Registry(), str(other), "tiny2", link=True)
@@ -690,7 +690,7 @@ def test_parsers():
 
 
 def test_split_detection_and_layouts(tmp_path, data_dir):
-    from llmctl.eval_tasks import split_of, split_pages, write_task_dir
+    from llmctl.evaluate.task_files import split_of, split_pages, write_task_dir
 
     root = tmp_path / "arc"
     for name, split in [
@@ -768,8 +768,8 @@ def test_fewshot_from_validation_is_noted(tiny_model, data_dir, tmp_path):
 def test_quantized_model_formats(cli, tiny_model, data_dir, tmp_path):
     """A registry model of another format (RTN 4-bit, quantize's compressed-tensors layout) evaluates through the
     same path."""
-    from llmctl.eval_tasks import write_task_dir
-    from llmctl.loading import load_model
+    from llmctl.evaluate.task_files import write_task_dir
+    from llmctl.models.loading import load_model
 
     res = cli(
         "quantize", "--model", tiny_model, "--algo", "rtn", "--bits", "4", "--group-size", "32", "--name", "tiny-rtn4"

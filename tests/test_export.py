@@ -39,8 +39,8 @@ def _leftovers(folder: Path) -> list[str]:
 
 @pytest.fixture
 def tiny_gpt2(tiny_gpt2_dir) -> str:
-    from llmctl.model_import import import_model
-    from llmctl.registry import Registry
+    from llmctl.models.importer import import_model
+    from llmctl.models.registry import Registry
 
     import_model(Registry(), str(tiny_gpt2_dir), "tiny-gpt2", link=True)
     return "tiny-gpt2"
@@ -53,8 +53,8 @@ def tiny_lora(tiny_model, tiny_llama_dir, tmp_path) -> str:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from llmctl.model_import import import_model
-    from llmctl.registry import Registry
+    from llmctl.models.importer import import_model
+    from llmctl.models.registry import Registry
 
     torch.manual_seed(1)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
@@ -131,7 +131,7 @@ def test_llama_cpp_reader_joins_the_check_when_installed(cli, tiny_model, tmp_pa
 
     import torch
 
-    from llmctl.formats.gguf import read
+    from llmctl.models.formats.gguf import read
 
     class Llama:
         def __init__(self, model_path, n_ctx, logits_all, verbose):
@@ -204,8 +204,8 @@ def test_openvino_int8_within_bounds(cli, tiny_model, tmp_path):
 
 def test_adapter_is_merged_on_the_fly_with_its_recorded_template(cli, tiny_lora, tmp_path):
     from llmctl.export.chat_templates import family_jinja
-    from llmctl.formats.gguf import gguf_metadata
-    from llmctl.registry import Registry
+    from llmctl.models.formats.gguf import gguf_metadata
+    from llmctl.models.registry import Registry
 
     Registry().update_meta(tiny_lora, {"template": "alpaca"})  # as finetune records it; the tokenizer says ChatML
     out = _export(cli, "--model", tiny_lora, "--type", "f32", "--output", tmp_path / "merged.gguf")
@@ -215,7 +215,7 @@ def test_adapter_is_merged_on_the_fly_with_its_recorded_template(cli, tiny_lora,
 
 
 def test_adapter_as_gguf_lora(cli, tiny_lora, tmp_path):
-    from llmctl.formats.gguf import gguf_metadata
+    from llmctl.models.formats.gguf import gguf_metadata
 
     out = _export(cli, "--model", tiny_lora, "--lora-gguf", "--type", "f32", "--output", tmp_path / "a.gguf")
     meta = gguf_metadata(tmp_path / "a.gguf")
@@ -241,7 +241,7 @@ def test_gptq_entry_to_compressed_tensors_equals_llmctls_load(cli, tiny_model, c
     import torch
     from transformers import AutoModelForCausalLM
 
-    from llmctl.loading import load_model
+    from llmctl.models.loading import load_model
 
     _quantize(cli, "t-gptq", calib_file, "--algo", "gptq", "--save-format", layout)
     out = _export(cli, "--model", "t-gptq", "--format", "compressed-tensors", "--output", tmp_path / "ct")
@@ -295,8 +295,8 @@ def test_compressed_tensors_needs_a_quantized_source(cli, tiny_model, outdir):
 
 
 def test_registered_export_loads_and_keeps_its_check(cli, tiny_model, tmp_path):
-    from llmctl import formats
-    from llmctl.registry import Registry
+    from llmctl.models import formats
+    from llmctl.models.registry import Registry
 
     out = _export(cli, "--model", tiny_model, "--type", "q8_0", "--name", "tiny-q8", "--output", tmp_path / "t.gguf")
     entry = Registry().get("tiny-q8")
@@ -325,7 +325,7 @@ def test_registered_export_loads_and_keeps_its_check(cli, tiny_model, tmp_path):
 def test_gate_fails_with_exit_3_keeps_failed_output_and_registers_nothing(cli, tiny_model, tmp_path, monkeypatch):
     """The writer and reader run for real; the perplexity the check measures is made to rise by 5 %."""
     from llmctl.export import parity
-    from llmctl.registry import Registry
+    from llmctl.models.registry import Registry
 
     real = parity.compare
 

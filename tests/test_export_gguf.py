@@ -393,7 +393,7 @@ def test_ollama_untranslatable_template_is_refused(tiny_llama_dir, tmp_path):
 
 
 def test_alpaca_jinja_renders_as_llmctl_finetune_does(tiny_llama_dir):
-    from llmctl.finetune_data import segments
+    from llmctl.data.sft import segments
 
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     record = {
@@ -481,7 +481,7 @@ def test_ollama_template_renders_like_the_jinja(template, tiny_llama_dir, tmp_pa
 def test_default_model_round_trip(default_model, default_model_dir, tmp_path):
     """The default model (imported from its shipped Q4_1 GGUF) exported to q8_0 and read back by transformers
     continues prompts greedily exactly as the source does; its keys match the shipped file's."""
-    from llmctl.default_model import gguf_path
+    from llmctl.models.default import gguf_path
 
     model, tok = _load_source(default_model_dir)
     out = tmp_path / "smol.Q8_0.gguf"

@@ -33,13 +33,13 @@ def alpaca_file(tmp_path) -> Path:
 
 @pytest.fixture
 def tok(tiny_llama_dir):
-    from llmctl.loading import load_tokenizer
+    from llmctl.models.loading import load_tokenizer
 
     return load_tokenizer(str(tiny_llama_dir))
 
 
 def _config(method="lora", objective="sft", sets=(), **train):
-    from llmctl.profiles import resolve_config
+    from llmctl.config.profiles import resolve_config
 
     explicit = {
         "method": method,
@@ -62,7 +62,7 @@ def _config(method="lora", objective="sft", sets=(), **train):
 
 
 def test_detect_formats(tmp_path):
-    from llmctl.finetune_data import read_records
+    from llmctl.data.sft import read_records
 
     assert read_records(write_jsonl(tmp_path / "a.jsonl", _alpaca(2)))[1] == "alpaca"
     assert read_records(write_jsonl(tmp_path / "p.jsonl", _prefs(2)))[1] == "preference"
@@ -75,7 +75,7 @@ def test_detect_formats(tmp_path):
 
 
 def test_response_only_labels_keep_eos_even_when_pad_is_eos(tok):
-    from llmctl.finetune_data import IGNORE, tokenize_sft
+    from llmctl.data.sft import IGNORE, tokenize_sft
 
     tok.pad_token = tok.eos_token  # like the default model: pad == eos must not hide the eos label
     examples, stats = tokenize_sft(_alpaca(1), "alpaca", tok, "chatml", 512)
@@ -90,7 +90,7 @@ def test_response_only_labels_keep_eos_even_when_pad_is_eos(tok):
 
 
 def test_alpaca_template_and_multi_turn_chat(tok):
-    from llmctl.finetune_data import IGNORE, tokenize_sft
+    from llmctl.data.sft import IGNORE, tokenize_sft
 
     ex = tokenize_sft(_alpaca(1), "alpaca", tok, "alpaca", 512)[0][0]
     prompt = tok.decode([i for i, lab in zip(ex.ids, ex.labels) if lab == IGNORE])
@@ -111,7 +111,7 @@ def test_alpaca_template_and_multi_turn_chat(tok):
 
 
 def test_truncation_counted_and_eval_split_from_the_end(tok):
-    from llmctl.finetune_data import split_eval, tokenize_sft
+    from llmctl.data.sft import split_eval, tokenize_sft
 
     records = _alpaca(10)
     records[0]["output"] = "word " * 200
@@ -123,7 +123,7 @@ def test_truncation_counted_and_eval_split_from_the_end(tok):
 
 
 def test_packing_fills_rows_and_keeps_examples_whole():
-    from llmctl.finetune_data import Example, pack
+    from llmctl.data.sft import Example, pack
 
     examples = [Example([1] * n, [1] * n) for n in (50, 30, 20, 60, 40, 10)]
     rows = pack(examples, 64, seed=1)
@@ -137,7 +137,7 @@ def test_packed_logits_equal_unpacked(tiny_llama_dir, tok):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from llmctl.finetune_data import collate, tokenize_sft
+    from llmctl.data.sft import collate, tokenize_sft
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
     examples = tokenize_sft(_alpaca(3), "alpaca", tok, "chatml", 256)[0]
@@ -162,7 +162,7 @@ def test_packed_logits_equal_unpacked(tiny_llama_dir, tok):
 
 
 def test_lora_cli_registers_adapter_and_generate_uses_it(cli, tiny_model, alpaca_file, llmctl_home):
-    from llmctl.registry import Registry
+    from llmctl.models.registry import Registry
 
     r = cli(
         "finetune",
@@ -228,7 +228,7 @@ def test_dry_run_shows_overrides(cli, alpaca_file):
 @pytest.mark.parametrize("method", ["full", "dora", "prompt-tuning", "prefix-tuning"])
 def test_other_methods_train_and_register(tiny_model, alpaca_file, method):
     from llmctl.finetune import finetune
-    from llmctl.loading import load_model
+    from llmctl.models.loading import load_model
 
     res = finetune(tiny_model, alpaca_file, f"t-{method}", _config(method, max_steps=2))
     assert res.format == ("hf" if method == "full" else "peft-adapter")
@@ -296,7 +296,7 @@ def test_resume_from_incompatible_checkpoint(cli, tiny_model, alpaca_file):
 
 def test_dpo_and_reward_objectives(tiny_model, tmp_path):
     from llmctl.finetune import finetune
-    from llmctl.registry import Registry
+    from llmctl.models.registry import Registry
 
     prefs = write_jsonl(tmp_path / "prefs.jsonl", _prefs())
     dpo = finetune(tiny_model, prefs, "t-dpo", _config("lora", "dpo", max_steps=2))
@@ -309,7 +309,7 @@ def test_dpo_and_reward_objectives(tiny_model, tmp_path):
 
 def test_qlora_tiny_and_generate_loads_base_plainly(cli, tiny_model, alpaca_file):
     from llmctl.finetune import finetune
-    from llmctl.registry import Registry
+    from llmctl.models.registry import Registry
 
     res = finetune(tiny_model, alpaca_file, "t-qlora", _config("qlora", max_steps=1, eval_every=0))
     meta = Registry().get("t-qlora").meta

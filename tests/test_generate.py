@@ -7,9 +7,9 @@ import json
 import pytest
 
 from conftest import write_jsonl
+from llmctl.config.profiles import resolve_config
 from llmctl.errors import LlmctlError
-from llmctl.generate import generate, read_prompts_jsonl, trim_at_stop
-from llmctl.profiles import resolve_config
+from llmctl.inference.generate import generate, read_prompts_jsonl, trim_at_stop
 
 
 def cfg(**over):
@@ -228,7 +228,7 @@ def test_default_model_answers_paris(cli, default_model):
 
 @pytest.mark.default_model
 def test_default_model_tokenizer_round_trip(default_model_dir):
-    from llmctl.loading import load_tokenizer
+    from llmctl.models.loading import load_tokenizer
 
     tok = load_tokenizer(str(default_model_dir))
     text = "Café naïve — déjà vu 😀🎉\nsecond line\n\ttabbed  double space, 日本語"

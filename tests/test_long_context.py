@@ -61,7 +61,7 @@ def test_scale_config_writes_transformers_form(tiny_llama_dir, kind, max_pos, ex
     from transformers import AutoConfig
     from transformers.modeling_rope_utils import rope_config_validation
 
-    from llmctl.rope import context_length, describe, original_length, scale_config
+    from llmctl.models.rope import context_length, describe, original_length, scale_config
 
     cfg = AutoConfig.from_pretrained(tiny_llama_dir)
     written = scale_config(cfg, {"scaling": kind, "factor": 2.0, "original_max_length": None})
@@ -74,7 +74,7 @@ def test_scale_config_writes_transformers_form(tiny_llama_dir, kind, max_pos, ex
 def test_run_time_override_changes_long_inputs_only_as_each_type_should(tiny_llama_dir):
     import torch
 
-    from llmctl.loading import load_model
+    from llmctl.models.loading import load_model
 
     ids = torch.arange(3, 303).remainder(380)[None]  # 300 tokens: past the model's 256 positions
     plain = load_model(str(tiny_llama_dir), dtype="float32", device="cpu").model
@@ -100,8 +100,8 @@ def test_run_time_override_changes_long_inputs_only_as_each_type_should(tiny_lla
 def test_full_finetune_writes_rope_scaling_into_config_json(cli, tiny_model, alpaca):
     from transformers import AutoConfig
 
-    from llmctl.loading import load_model
-    from llmctl.registry import Registry
+    from llmctl.models.loading import load_model
+    from llmctl.models.registry import Registry
 
     res = cli(
         "finetune",
@@ -130,8 +130,8 @@ def test_full_finetune_writes_rope_scaling_into_config_json(cli, tiny_model, alp
 
 
 def test_lora_adapter_keeps_its_scaling_for_generate_and_merge(cli, tiny_model, alpaca):
-    from llmctl.loading import load_model
-    from llmctl.registry import Registry
+    from llmctl.models.loading import load_model
+    from llmctl.models.registry import Registry
 
     res = cli(
         "finetune",
@@ -208,7 +208,7 @@ def test_pretrain_writes_rope_scaling_and_gpt2_refuses_it(cli, tmp_path, llmctl_
 
 
 def test_generate_and_eval_record_the_run_time_override(cli, tiny_model, tmp_path, text_file):
-    from llmctl.registry import Registry
+    from llmctl.models.registry import Registry
 
     g = cli(
         "generate",
@@ -257,7 +257,7 @@ def test_generate_and_eval_record_the_run_time_override(cli, tiny_model, tmp_pat
 
 def test_passkey_prompts_are_exact_length_with_the_key_at_its_depth(tiny_llama_dir):
     from llmctl.evaluate.passkey import NEEDLE, QUESTION, build, cells
-    from llmctl.loading import load_tokenizer
+    from llmctl.models.loading import load_tokenizer
 
     tok = load_tokenizer(str(tiny_llama_dir))
     needle = tok(NEEDLE.format(key="12345"), add_special_tokens=False)["input_ids"]
@@ -349,8 +349,8 @@ def test_passkey_cli_table_metrics_and_heat_map(cli, tiny_model, tmp_path):
 def test_length_buckets_add_up_to_the_whole(tiny_llama_dir, text_file):
     import math
 
-    from llmctl.loading import load_model
-    from llmctl.perplexity import perplexity
+    from llmctl.evaluate.perplexity import perplexity
+    from llmctl.models.loading import load_model
 
     m = load_model(str(tiny_llama_dir), dtype="float32", device="cpu")
     res = perplexity(m.model, m.tokenizer, text_file.read_text(), buckets=[16, 64, 128])
@@ -436,10 +436,10 @@ def test_scaling_refused_for_a_model_without_rope(cli, tiny_gpt2_dir):
 
 
 def test_length_beyond_memory_is_refused_before_loading(cli, tiny_model, monkeypatch):
-    import llmctl.loading
+    import llmctl.models.loading
 
     monkeypatch.setenv("LLMCTL_MEMORY_BYTES", str(50 * 2**20))
-    monkeypatch.setattr(llmctl.loading, "load_model", lambda *a, **k: pytest.fail("loaded before the check"))
+    monkeypatch.setattr(llmctl.models.loading, "load_model", lambda *a, **k: pytest.fail("loaded before the check"))
     res = cli("eval", "--model", tiny_model, "--tasks", "passkey", "--context-lengths", "1024,65536", *EVAL)
     assert res.exit_code == 1
     assert res.stderr.startswith("Error: --context-lengths 65536 needs about ")

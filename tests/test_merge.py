@@ -29,7 +29,7 @@ def _make_adapter(base_dir: Path, dest: Path, base_name: str = "tiny", use_dora:
 
 
 def _register_adapter(path: Path, name: str, meta: dict | None = None, parent: str = "tiny") -> str:
-    from llmctl.registry import ModelEntry, Registry
+    from llmctl.models.registry import ModelEntry, Registry
 
     Registry().add(
         ModelEntry(
@@ -57,7 +57,7 @@ def test_merged_logits_equal_base_plus_adapter(cli, tiny_model, tiny_llama_dir, 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from llmctl.registry import Registry
+    from llmctl.models.registry import Registry
 
     ad = _register_adapter(_make_adapter(tiny_llama_dir, tmp_path / "ad", use_dora=dora), "ad")
     r = cli("merge-lora", "--adapter", ad, "--name", "merged", "--json")
@@ -85,15 +85,15 @@ def test_already_merged_and_no_overwrite(cli, tiny_model, tiny_llama_dir, tmp_pa
     assert clash.exit_code == 1 and "Error: model 'm' already exists" in clash.stderr and "--force" in clash.stderr
     forced = cli("merge-lora", "--adapter", ad, "--name", "m", "--force", "--dtype", "bf16")
     assert forced.exit_code == 0, forced.stderr
-    from llmctl.registry import Registry
+    from llmctl.models.registry import Registry
 
     cfg = json.loads((Path(Registry().get("m").path) / "config.json").read_text())
     assert cfg.get("torch_dtype", cfg.get("dtype")) == "bfloat16"
 
 
 def test_mismatched_base_names_both(cli, tiny_model, tiny_llama_dir, tmp_path):
-    from llmctl.model_import import import_model
-    from llmctl.registry import Registry
+    from llmctl.models.importer import import_model
+    from llmctl.models.registry import Registry
 
     other = build_tiny_llama(tmp_path / "other", hidden_size=32, intermediate_size=64)
     import_model(Registry(), str(other), "other", link=True)
@@ -125,8 +125,8 @@ def test_qlora_adapter_merges_onto_dequantized_base(cli, tiny_model, tiny_llama_
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from llmctl.merge import fake_quantize_4bit
-    from llmctl.registry import Registry
+    from llmctl.merge_lora.service import fake_quantize_4bit
+    from llmctl.models.registry import Registry
 
     meta = {"method": "qlora", "base_quantization": {"bits": 4, "quant_type": "nf4", "double_quant": True}}
     ad = _register_adapter(_make_adapter(tiny_llama_dir, tmp_path / "ad"), "qad", meta)
@@ -144,7 +144,7 @@ def test_qlora_adapter_merges_onto_dequantized_base(cli, tiny_model, tiny_llama_
     assert rq.exit_code == 0, rq.stderr
     q = Registry().get("qm4")
     assert q.format == "bnb" and q.meta["bnb_config"]["bnb_4bit_quant_type"] == "nf4"
-    from llmctl.loading import load_model
+    from llmctl.models.loading import load_model
 
     loaded = load_model("qm4", device="cpu")
     assert type(loaded.model.model.layers[0].self_attn.q_proj).__name__ == "Linear4bit"

@@ -153,7 +153,7 @@ def test_debug_shows_traceback(cli):
 )
 def test_unexpected_errors_give_one_useful_line(cli, monkeypatch, exc, line):
     """The boundary never fails on an empty or multi-line message: one line, the type at least."""
-    from llmctl.registry import Registry
+    from llmctl.models.registry import Registry
 
     def boom(self):
         raise exc
@@ -178,7 +178,7 @@ def test_import_builtin_default_converts_once(cli, llmctl_home):
     assert entry["format"] == "hf" and entry["meta"]["source_format"] == "gguf"
     assert (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file()
     # later uses load the converted folder, not the GGUF
-    from llmctl.resolve import resolve_model
+    from llmctl.models.resolve import resolve_model
 
     assert resolve_model("smollm2-135m-instruct").path == str(path)
 

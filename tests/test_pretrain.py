@@ -53,7 +53,7 @@ def make_data(
     root: Path, tok, docs: list[str], val_docs: int = 20, tok_name: str | None = None, record_bytes: bool = False
 ) -> Path:
     """A tokenized data dir (train/val) written with ShardWriter/write_index, as `tokenize encode` would."""
-    from llmctl.token_data import ShardWriter, file_sha256, write_index
+    from llmctl.data.token_data import ShardWriter, file_sha256, write_index
 
     root.mkdir(parents=True, exist_ok=True)
     splits = {}
@@ -134,7 +134,7 @@ def _losses(run_dir: Path) -> dict[int, float]:
 def test_pretrain_cli_trains_registers_and_logs(cli, llmctl_home, data_dir, tok_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmctl.registry import ModelEntry, Registry
+    from llmctl.models.registry import ModelEntry, Registry
 
     res = cli(
         "pretrain",
@@ -215,7 +215,7 @@ def test_dry_run_and_epochs(cli, data_dir, llmctl_home):
     assert not (llmctl_home / "runs" / "x").exists()
     res = cli("pretrain", "--data", data_dir, "--name", "ep", *TINY, "--epochs", "0.05", "--json")
     assert res.exit_code == 0, res.stderr
-    from llmctl.token_data import TokenData
+    from llmctl.data.token_data import TokenData
 
     n = TokenData(data_dir).num_tokens("train")
     assert json.loads(res.stdout)["steps"] == math.ceil(0.05 * n / (4 * 32))
@@ -224,8 +224,8 @@ def test_dry_run_and_epochs(cli, data_dir, llmctl_home):
 def test_bytes_per_token_from_index_when_recorded(tmp_path, tok_dir):
     from transformers import AutoTokenizer
 
+    from llmctl.data.token_data import TokenData
     from llmctl.pretrain.data import val_bytes_per_token
-    from llmctl.token_data import TokenData
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
     docs = _docs(60)
@@ -318,8 +318,8 @@ def test_two_processes_match_one_process_with_same_global_batch(tmp_path, data_d
 
 def test_spike_guard_rolls_back_to_last_checkpoint_with_lower_lr(monkeypatch, data_dir, llmctl_home):
     import llmctl.pretrain.loop as loop
+    from llmctl.config.profiles import resolve_config
     from llmctl.pretrain import pretrain
-    from llmctl.profiles import resolve_config
 
     calls = {"n": 0}
     real = loop.lm_loss

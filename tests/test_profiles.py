@@ -6,8 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from llmctl.config.profiles import (
+    builtin_root,
+    list_profiles,
+    load_profile_file,
+    parse_sets,
+    resolve_config,
+    schema_for,
+)
 from llmctl.errors import LlmctlError, UsageError
-from llmctl.profiles import builtin_root, list_profiles, load_profile_file, parse_sets, resolve_config, schema_for
 
 PROFILE_FILES = sorted(builtin_root().rglob("*.yaml"))
 

@@ -14,7 +14,7 @@ from conftest import _CORPUS
 def test_wanda_scores_weight_times_input_norm_per_row():
     import torch
 
-    from llmctl.prune import magnitude_prune, wanda_prune
+    from llmctl.prune.service import magnitude_prune, wanda_prune
 
     W = torch.tensor([[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]])
     x_sq = torch.tensor([16.0, 1.0, 1.0, 1.0])  # ‖X_j‖ = 4, 1, 1, 1
@@ -27,7 +27,7 @@ def test_wanda_scores_weight_times_input_norm_per_row():
 def test_nm_keeps_n_of_every_m():
     import torch
 
-    from llmctl.prune import magnitude_prune, wanda_prune
+    from llmctl.prune.service import magnitude_prune, wanda_prune
 
     W = torch.tensor([[5.0, -1.0, 2.0, 0.5, 1.0, 2.0, 3.0, 4.0]])
     assert magnitude_prune(W, None, (2, 4)).tolist() == [[5.0, 0.0, 2.0, 0.0, 0.0, 0.0, 3.0, 4.0]]
@@ -39,7 +39,7 @@ def test_sparsegpt_two_weights_matches_least_squares_update():
     """Pruning w1 of [w1, w2] with H = [[a, b], [b, c]]: the OBS update is w2 += w1·b/c."""
     import torch
 
-    from llmctl.prune import sparsegpt_prune
+    from llmctl.prune.service import sparsegpt_prune
 
     W = torch.tensor([[0.1, 2.0]])
     a, b, c = 4.0, 1.5, 2.0
@@ -53,7 +53,7 @@ def test_sparsegpt_equals_explicit_obs_recursion_and_beats_plain_masking():
     """Sequential OBS with explicit inverses of the remaining-column Hessian gives the same weights."""
     import torch
 
-    from llmctl.prune import sparsegpt_prune
+    from llmctl.prune.service import sparsegpt_prune
 
     torch.manual_seed(0)
     X = torch.randn(64, 8) @ torch.randn(8, 8)  # correlated inputs
@@ -114,7 +114,7 @@ def _prune(cli, *args):
     ],
 )
 def test_unstructured_and_nm(cli, tiny_model, calib_file, method, extra, expect):
-    from llmctl.registry import Registry
+    from llmctl.models.registry import Registry
 
     res = _prune(cli, "--method", method, "--calib-data", calib_file, "--name", "p", *extra)
     assert res.exit_code == 0, res.stderr
@@ -135,7 +135,7 @@ def test_unstructured_and_nm(cli, tiny_model, calib_file, method, extra, expect)
 def test_structured_saves_smaller_model_that_reloads(cli, tiny_model, calib_file, structure, ratio):
     from transformers import AutoModelForCausalLM
 
-    from llmctl.registry import Registry
+    from llmctl.models.registry import Registry
 
     res = _prune(cli, "--structure", structure, "--ratio", ratio, "--calib-data", calib_file, "--name", "s")
     assert res.exit_code == 0, res.stderr
@@ -156,7 +156,7 @@ def test_structured_saves_smaller_model_that_reloads(cli, tiny_model, calib_file
 def test_head_group_mode_drops_whole_kv_groups(cli, tiny_model, calib_file):
     from transformers import AutoModelForCausalLM
 
-    from llmctl.registry import Registry
+    from llmctl.models.registry import Registry
 
     res = _prune(
         cli,

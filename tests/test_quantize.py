@@ -39,8 +39,8 @@ def _quant(cli, *args):
 def test_inc_weight_only_roundtrip(cli, tiny_model, calib_file, algo):
     import torch
 
-    from llmctl.loading import load_model
-    from llmctl.registry import Registry
+    from llmctl.models.loading import load_model
+    from llmctl.models.registry import Registry
 
     res = _quant(
         cli,
@@ -70,7 +70,7 @@ def test_inc_weight_only_roundtrip(cli, tiny_model, calib_file, algo):
     )
     assert "heldout.perplexity" in entry.metrics
     # generate / eval load it by name: same held-out perplexity as measured right after quantizing
-    from llmctl.calibration import held_out_perplexity, prepare_data
+    from llmctl.compress.calibration import held_out_perplexity, prepare_data
 
     loaded = load_model(f"t-{algo}", dtype="float32", device="cpu")
     # decompressed at load: the plain Linear layers of the fp32 parent, no quantization wrappers left
@@ -116,14 +116,14 @@ def test_gptq_act_order_reload_matches_in_memory(tiny_model, calib_file, layout)
     needs `actorder: group` and g_idx): the reloaded model is the in-memory one, on exact float32 weights."""
     import torch
 
-    from llmctl.calibration import prepare_data
-    from llmctl.formats.woq import exact_weights
-    from llmctl.loading import load_full_precision as load_source
-    from llmctl.loading import load_model
-    from llmctl.profiles import resolve_config
+    from llmctl.compress.calibration import prepare_data
+    from llmctl.config.profiles import resolve_config
+    from llmctl.models.formats.woq import exact_weights
+    from llmctl.models.loading import load_full_precision as load_source
+    from llmctl.models.loading import load_model
+    from llmctl.models.registry import Registry
     from llmctl.quantize import quantize
     from llmctl.quantize.inc import inc_weight_only
-    from llmctl.registry import Registry
 
     cfg = resolve_config(
         "quantize",
@@ -159,10 +159,10 @@ def test_llmctl_cores_are_the_default_and_reload_exactly(cli, tiny_model, calib_
     in-memory quantized model (same logits), and --save-format inc picks neural-compressor instead."""
     import torch
 
-    from llmctl.calibration import prepare_data
-    from llmctl.loading import load_full_precision as load_source
-    from llmctl.loading import load_model
-    from llmctl.profiles import resolve_config
+    from llmctl.compress.calibration import prepare_data
+    from llmctl.config.profiles import resolve_config
+    from llmctl.models.loading import load_full_precision as load_source
+    from llmctl.models.loading import load_model
     from llmctl.quantize.cores import quantize_with_cores
 
     out = _quant(cli, "--algo", algo, "--bits", "4", "--calib-data", calib_file, "--name", f"c-{algo}")
@@ -213,9 +213,9 @@ def test_gptq_true_sequential_feeds_each_block_its_real_inputs(tiny_model, calib
     """INC 3.10 overwrote a block's cached inputs after each true-sequential group (block applied 5x)."""
     import torch
 
-    from llmctl.calibration import prepare_data
-    from llmctl.loading import load_full_precision as load_source
-    from llmctl.profiles import resolve_config
+    from llmctl.compress.calibration import prepare_data
+    from llmctl.config.profiles import resolve_config
+    from llmctl.models.loading import load_full_precision as load_source
     from llmctl.quantize.inc import inc_weight_only
 
     cfg = resolve_config("quantize", None, ["algo=gptq", "group_size=32", "gptq.true_sequential=true"], {})
@@ -236,9 +236,9 @@ def test_gptq_true_sequential_feeds_each_block_its_real_inputs(tiny_model, calib
 
 def test_awq_replays_blocks_without_a_kv_cache(tiny_model, calib_file):
     """INC AWQ replays captured decoder-layer kwargs; a captured DynamicCache grew on every replay."""
-    from llmctl.calibration import prepare_data
-    from llmctl.loading import load_full_precision as load_source
-    from llmctl.profiles import resolve_config
+    from llmctl.compress.calibration import prepare_data
+    from llmctl.config.profiles import resolve_config
+    from llmctl.models.loading import load_full_precision as load_source
     from llmctl.quantize.inc import inc_weight_only
 
     cfg = resolve_config("quantize", None, ["algo=awq", "group_size=32"], {})
@@ -445,14 +445,14 @@ def test_openvino_missing_says_how_to_install(cli, tiny_model, monkeypatch):
 
 def _fake_ppl(monkeypatch, values):
     """Held-out perplexities in call order: the first is the full-precision baseline."""
-    import llmctl.calibration
+    import llmctl.compress.calibration
 
     seq = iter(values)
-    monkeypatch.setattr(llmctl.calibration, "held_out_perplexity", lambda *a, **k: next(seq))
+    monkeypatch.setattr(llmctl.compress.calibration, "held_out_perplexity", lambda *a, **k: next(seq))
 
 
 def test_accuracy_aware_reports_trials_and_registers_first_within_loss(cli, tiny_model, calib_file, monkeypatch):
-    from llmctl.registry import Registry
+    from llmctl.models.registry import Registry
 
     _fake_ppl(monkeypatch, [10.0, 12.0, 10.5, 10.05, 9.0])
     res = _quant(
@@ -485,7 +485,7 @@ def test_accuracy_aware_reports_trials_and_registers_first_within_loss(cli, tiny
         False,
         ["tiny"],
     )
-    from llmctl.loading import load_model
+    from llmctl.models.loading import load_model
 
     assert type(load_model("tuned", "float32", "cpu").model.model.layers[0].self_attn.q_proj).__name__ == "Linear"
     gen = cli("generate", "--model", "tuned", "--prompt", "Hi", "--max-new-tokens", "2", "--json")
@@ -493,7 +493,7 @@ def test_accuracy_aware_reports_trials_and_registers_first_within_loss(cli, tiny
 
 
 def test_accuracy_aware_gives_up_with_exit_3(cli, tiny_model, calib_file, monkeypatch):
-    from llmctl.registry import Registry
+    from llmctl.models.registry import Registry
 
     _fake_ppl(monkeypatch, [10.0, 11.0, 10.2])
     res = _quant(
@@ -543,13 +543,13 @@ def test_accuracy_aware_real_search_on_tiny(cli, tiny_model, calib_file):
     assert [(t["label"], t["ok"]) for t in out["trials"]] == [("rtn 4-bit sym g32", True)]
     assert out["perplexity_after"] == out["trials"][0]["perplexity"]
     assert out["perplexity_after"] <= out["perplexity_before"] * 1.05
-    from llmctl.registry import Registry
+    from llmctl.models.registry import Registry
 
     assert Registry().get("real").meta["algo"] == "rtn"
 
 
 def test_candidates_go_from_asked_to_safer():
-    from llmctl.profiles import resolve_config
+    from llmctl.config.profiles import resolve_config
     from llmctl.quantize.tune import candidates, label
 
     cfg = resolve_config("quantize", None, ["algo=gptq"], {})
@@ -561,7 +561,7 @@ def test_candidates_go_from_asked_to_safer():
 @pytest.mark.parametrize("bits,extra", [("8", []), ("4", ["--awq", "--scale-estimation"])])
 def test_openvino_roundtrip(cli, tiny_model, calib_file, bits, extra):
     pytest.importorskip("optimum.intel")
-    from llmctl.registry import Registry
+    from llmctl.models.registry import Registry
 
     args = ["--backend", "openvino", "--bits", bits, "--calib-data", calib_file, "--name", f"ov{bits}", *extra]
     # NNCF's progress bars keep the stdout of the first in-process runner that used NNCF (another test's, in a
@@ -609,7 +609,7 @@ def test_bnb_roundtrip(cli, tiny_model, calib_file, bits, algo):
     out = json.loads(res.stdout)
     assert out["format"] == "bnb" and out["algo"] == algo
     assert out["perplexity_after"] == pytest.approx(out["perplexity_before"], rel=0.1)
-    from llmctl.loading import load_model
+    from llmctl.models.loading import load_model
 
     loaded = load_model(f"bnb{bits}", dtype="float32", device="cpu")
     assert "bitsandbytes" in type(loaded.model.model.layers[0].mlp.down_proj).__module__
@@ -666,7 +666,7 @@ def test_autoround_roundtrip(cli, tiny_model, calib_file):
     assert res.exit_code == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["format"] == "inc-woq" and out["algo"] == "autoround"
-    from llmctl.loading import load_model
+    from llmctl.models.loading import load_model
 
     loaded = load_model("ar", dtype="float32", device="cpu")
     assert "QuantLinear" in type(loaded.model.model.layers[0].mlp.down_proj).__name__
@@ -718,7 +718,7 @@ def test_awq_reports_each_block(tiny_llama_dir):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from llmctl.profiles import resolve_config
+    from llmctl.config.profiles import resolve_config
     from llmctl.quantize.inc import inc_weight_only
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, torch_dtype=torch.float32).eval()
@@ -734,7 +734,7 @@ def test_teq_reports_its_training_steps(tiny_llama_dir):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from llmctl.profiles import resolve_config
+    from llmctl.config.profiles import resolve_config
     from llmctl.quantize.inc import inc_weight_only
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, torch_dtype=torch.float32).eval()
@@ -753,9 +753,9 @@ def test_parent_perplexity_is_remembered_per_weights_and_text(tiny_model, calib_
     import os
     from pathlib import Path
 
-    from llmctl.profiles import resolve_config
+    from llmctl.config.profiles import resolve_config
+    from llmctl.models.registry import Registry
     from llmctl.quantize import quantize
-    from llmctl.registry import Registry
 
     sets = ["algo=rtn", "bits=8", "group_size=32", f"calib.data={calib_file}", "eval.tokens=256"]
 

@@ -1,4 +1,4 @@
-"""The one records reader (llmctl/records.py), the record-layout table (llmctl/layouts.py), index.json checks,
+"""The one records reader (llmctl/data/records.py), the record-layout table (llmctl/data/layouts.py), index.json checks,
 the --tokenizer resolver, and every data-reading command's first error line for bad files."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import write_jsonl
+from llmctl.data.records import DataFile, read_records, read_text
 from llmctl.errors import LlmctlError
-from llmctl.records import DataFile, read_records, read_text
 
 _FIX_UTF8 = "convert it to UTF-8, e.g. `iconv -f latin1 -t utf-8 IN > OUT`"
 _RECORDS_HINT = 'give one JSON object per line (.jsonl), e.g. {"text": "…"}, a JSON array of them, or .parquet'
@@ -185,7 +185,7 @@ def test_damaged_parquet(tmp_path):
 
 
 def test_detect_each_layout_and_the_most_specific_wins():
-    from llmctl.layouts import detect, names
+    from llmctl.data.layouts import detect, names
 
     assert names() == [
         "alpaca",
@@ -210,7 +210,7 @@ def test_detect_each_layout_and_the_most_specific_wins():
 
 
 def test_normalised_records_and_their_text():
-    from llmctl.layouts import detect, record_text
+    from llmctl.data.layouts import detect, record_text
 
     rec = {"prompt": "Q?", "output": "A.", "id": 1}
     assert detect(rec).normalize(rec) == {"prompt": "Q?", "completion": "A."}
@@ -223,7 +223,7 @@ def test_normalised_records_and_their_text():
 
 
 def test_layout_errors_name_the_fields_and_the_known_layouts():
-    from llmctl.layouts import detect
+    from llmctl.data.layouts import detect
 
     assert _message(lambda: detect({"question": "q", "answer": "a"})) == (
         f"record has none of the known record layouts (fields: answer, question); use one of: {_KNOWN}"
@@ -242,7 +242,7 @@ def test_layout_errors_name_the_fields_and_the_known_layouts():
 
 
 def test_read_dataset_checks_every_record_against_the_first(tmp_path):
-    from llmctl.layouts import read_dataset
+    from llmctl.data.layouts import read_dataset
 
     f = write_jsonl(tmp_path / "d.jsonl", [{"instruction": "i", "output": "o"}, {"instruction": "i", "text": "t"}])
     assert _message(lambda: read_dataset(f)) == (
@@ -262,7 +262,7 @@ def test_read_dataset_checks_every_record_against_the_first(tmp_path):
 
 
 def test_completion_records_train_like_instructions(tmp_path):
-    from llmctl.finetune_data import read_records, segments
+    from llmctl.data.sft import read_records, segments
 
     class Tok:
         eos_token = "</s>"
@@ -281,7 +281,7 @@ def test_calibration_reads_any_layout_parquet_and_reports_bad_files(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from llmctl.calibration import read_source
+    from llmctl.compress.calibration import read_source
 
     mixed = write_jsonl(tmp_path / "m.jsonl", [{"text": "one"}, {"prompt": "two", "output": "three"}, "four"])
     assert read_source(str(mixed))[0] == "one\n\ntwo\nthree\n\nfour"
@@ -301,7 +301,7 @@ def test_calibration_reads_any_layout_parquet_and_reports_bad_files(tmp_path):
 
 def _tokenizer_and_data(tmp_path):
     """A 300-token BPE registered as 'tok' and a data dir encoded with it (no val split)."""
-    from llmctl.profiles import resolve_config
+    from llmctl.config.profiles import resolve_config
     from llmctl.tokenize import encode_corpus, train_tokenizer
 
     docs = [f"Paragraph {i}: the quick brown fox jumps over the lazy dog, café {i}." for i in range(30)]
@@ -314,7 +314,7 @@ def _tokenizer_and_data(tmp_path):
 
 
 def test_calibration_from_a_tokenized_data_dir_decodes_its_documents(tmp_path):
-    from llmctl.calibration import read_source
+    from llmctl.compress.calibration import read_source
 
     docs, _, data = _tokenizer_and_data(tmp_path)
     assert read_source(str(data))[0] == "\n\n".join(docs)
@@ -324,7 +324,7 @@ def test_calibration_from_a_tokenized_data_dir_decodes_its_documents(tmp_path):
 
 
 def test_damaged_index_json_names_the_file_the_key_and_the_fix(tmp_path, cli):
-    from llmctl.token_data import TokenData, read_index
+    from llmctl.data.token_data import TokenData, read_index
 
     _, _, data = _tokenizer_and_data(tmp_path)
     index_path = data / "index.json"
@@ -347,7 +347,7 @@ def test_damaged_index_json_names_the_file_the_key_and_the_fix(tmp_path, cli):
 
 
 def test_tokenizer_folder_accepts_every_documented_form(tmp_path, tiny_model, tiny_llama_dir):
-    from llmctl.registry import Registry
+    from llmctl.models.registry import Registry
     from llmctl.tokenize import tokenizer_folder
 
     _, _, data = _tokenizer_and_data(tmp_path)

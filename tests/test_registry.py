@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from llmctl.errors import LlmctlError
-from llmctl.registry import ModelEntry, Registry, validate_name
+from llmctl.models.registry import ModelEntry, Registry, validate_name
 
 
 def _publish(reg, name, fmt="hf", force=False, **fields):
@@ -140,7 +140,7 @@ def test_parallel_imports_and_removes_lose_nothing(tmp_path, tiny_llama_dir, llm
     """16 processes importing (and some removing) at once: every surviving entry is intact."""
     Registry()  # create the db
     script = (
-        "import sys; from llmctl.model_import import import_model; from llmctl.registry import Registry;"
+        "import sys; from llmctl.models.importer import import_model; from llmctl.models.registry import Registry;"
         "i=int(sys.argv[1]); reg=Registry();"
         "import_model(reg, sys.argv[2], f'm{i}', link=(i % 2 == 0));"
         "import_model(reg, sys.argv[2], f'tmp{i}', link=True); reg.remove(f'tmp{i}')"

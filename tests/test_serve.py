@@ -98,7 +98,7 @@ def _register(home: Path, src: Path, name: str) -> None:
     home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "LLMCTL_HOME": str(home)}
     code = (
-        f"from llmctl.model_import import import_model; from llmctl.registry import Registry; "
+        f"from llmctl.models.importer import import_model; from llmctl.models.registry import Registry; "
         f"import_model(Registry(), {str(src)!r}, {name!r}, link=True)"
     )
     subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
@@ -134,7 +134,7 @@ def slow_model_dir(tmp_path_factory) -> Path:
 
 
 def _tiny_tokenizer(path: Path):
-    from llmctl.loading import load_tokenizer
+    from llmctl.models.loading import load_tokenizer
 
     return load_tokenizer(str(path))
 
@@ -152,8 +152,8 @@ def test_models_health_and_metrics(server):
 
 
 def test_chat_matches_generate_and_counts_usage(server, tiny_model, tiny_llama_dir):
-    from llmctl.generate import generate
-    from llmctl.profiles import resolve_config
+    from llmctl.config.profiles import resolve_config
+    from llmctl.inference.generate import generate
 
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     resp = server.client().chat.completions.create(model="tiny", messages=messages, max_tokens=10, temperature=0)
@@ -400,7 +400,7 @@ def test_backend_table_matches_schemas():
 def test_auto_backend_selection(tiny_model, tmp_path, monkeypatch):
     from llmctl.inference import backends
     from llmctl.inference.backends import llamacpp, openvino
-    from llmctl.resolve import ResolvedModel, resolve_model
+    from llmctl.models.resolve import ResolvedModel, resolve_model
 
     resolved = resolve_model(tiny_model)
     monkeypatch.setattr(backends, "_cuda", lambda: False)
@@ -427,8 +427,8 @@ def test_auto_backend_selection(tiny_model, tmp_path, monkeypatch):
 
 def test_default_model_entry_points_at_its_gguf(tmp_path):
     from llmctl.inference.backends.llamacpp import gguf_file_of
-    from llmctl.registry import ModelEntry
-    from llmctl.resolve import ResolvedModel
+    from llmctl.models.registry import ModelEntry
+    from llmctl.models.resolve import ResolvedModel
 
     src = tmp_path / "x.Q4_1.gguf"
     src.write_bytes(b"GGUF")
@@ -462,7 +462,7 @@ def test_engine_cancel_frees_slot_and_stop_sequences(tiny_model):
     from llmctl.inference.backends.base import BackendOptions
     from llmctl.inference.engine import Engine
     from llmctl.inference.sampling import SamplingParams
-    from llmctl.resolve import resolve_model
+    from llmctl.models.resolve import resolve_model
 
     backend = backends.create("hf", resolve_model(tiny_model), BackendOptions(max_batch=2, device="cpu"))
     engine = Engine(backend, max_concurrency=2).start()
@@ -514,7 +514,7 @@ def test_openvino_backend_serves_and_batches(served_home):
         assert streamed == alone[0]
     finally:
         assert srv.stop() == 0
-    from llmctl.registry import Registry
+    from llmctl.models.registry import Registry
 
     child = Registry(served_home).get("tiny-ov-int8")  # converted once, with lineage
     assert child.format == "openvino" and child.parents == ["tiny"] and child.meta["converted_from"] == "tiny"
@@ -595,7 +595,7 @@ def test_default_model_on_llamacpp_matches_llama_cpp_itself(default_model, llmct
     "L'" 0.09 logits above "The", where the dequantized fp32 model ranks them the other way.)
     """
     llama_cpp = pytest.importorskip("llama_cpp")
-    from llmctl.default_model import gguf_path
+    from llmctl.models.default import gguf_path
 
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     llm = llama_cpp.Llama(model_path=str(gguf_path()), n_ctx=512, n_threads=1, verbose=False)
@@ -618,9 +618,9 @@ def test_default_model_on_llamacpp_matches_llama_cpp_itself(default_model, llmct
 
 def test_generate_one_shot_engine_path_matches_hf_generate(tiny_model):
     """`generate` on a non-hf backend goes through the engine; on the hf backend both paths must agree."""
-    from llmctl.generate import generate, generate_on_backend
-    from llmctl.profiles import resolve_config
-    from llmctl.resolve import resolve_model
+    from llmctl.config.profiles import resolve_config
+    from llmctl.inference.generate import generate, generate_on_backend
+    from llmctl.models.resolve import resolve_model
 
     items = [{"id": 1, "prompt": "The quick brown fox"}, {"id": 2, "prompt": "Paris"}]
     config = resolve_config(

@@ -1,4 +1,7 @@
-"""The CLI tames OpenMP's spin-wait before torch loads, unless the user chose a wait policy (llmctl/threads.py)."""
+"""The CLI tames OpenMP's spin-wait before torch loads, unless the user chose a wait policy.
+
+The code: llmctl/runtime/threads.py.
+"""
 
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ def corpus(tmp_path) -> Path:
 
 @pytest.fixture
 def config():
-    from llmctl.profiles import resolve_config
+    from llmctl.config.profiles import resolve_config
 
     def make(**explicit):
         return resolve_config("tokenize", None, None, {k.replace("__", "."): v for k, v in explicit.items()})
@@ -67,7 +67,7 @@ def _error(result) -> str:
 def test_train_bpe_registers_an_hf_tokenizer_that_round_trips(cli, corpus):
     from transformers import AutoTokenizer
 
-    from llmctl.registry import Registry
+    from llmctl.models.registry import Registry
 
     r = cli("tokenize", "train", "--input", corpus, "--type", "bpe", "--vocab-size", 300, "--name", "sh-bpe", "--json")
     assert r.exit_code == 0, r.stderr
@@ -112,7 +112,7 @@ def test_train_reads_jsonl_text_field_and_parquet(tmp_path, config):
 
 
 def test_train_bad_inputs(cli, corpus, tmp_path):
-    from llmctl.registry import Registry
+    from llmctl.models.registry import Registry
 
     r = cli("tokenize", "train", "--input", corpus, "--vocab-size", 100, "--name", "x")
     assert r.exit_code == 1
@@ -164,7 +164,7 @@ def _encode(cli, tok, corpus, out, *extra):
 def test_encode_writes_eos_separated_shards_with_a_document_split(cli, tok, corpus, tmp_path):
     from tokenizers import Tokenizer
 
-    from llmctl.token_data import TokenData
+    from llmctl.data.token_data import TokenData
 
     info = _encode(cli, tok, corpus, tmp_path / "data", "--val-fraction", 0.25, "--workers", 1)
     data = TokenData(tmp_path / "data")
@@ -202,7 +202,7 @@ def test_encode_is_deterministic_and_workers_agree(cli, tok, corpus, tmp_path):
 
 
 def test_encode_small_shards_and_no_val(cli, tok, corpus, tmp_path, config):
-    from llmctl.token_data import TokenData
+    from llmctl.data.token_data import TokenData
     from llmctl.tokenize import encode_corpus
 
     cfg = config(encode__val_fraction=0.0, encode__workers=1)
@@ -213,8 +213,8 @@ def test_encode_small_shards_and_no_val(cli, tok, corpus, tmp_path, config):
 
 
 def test_encode_registers_data_by_name(cli, tok, corpus):
-    from llmctl.registry import Registry
-    from llmctl.token_data import TokenData
+    from llmctl.data.token_data import TokenData
+    from llmctl.models.registry import Registry
 
     r = cli("tokenize", "encode", "--tokenizer", tok, "--input", corpus, "--name", "sh-data")
     assert r.exit_code == 0, r.stderr
@@ -271,7 +271,7 @@ def test_encode_bad_inputs(cli, tok, corpus, tmp_path):
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_encode_disk_full_leaves_nothing(workers, cli, tok, corpus, tmp_path, monkeypatch):
-    from llmctl import token_data
+    from llmctl.data import token_data
 
     calls = {"n": 0}
     real = token_data.ShardWriter.add_documents
@@ -370,7 +370,7 @@ def test_encode_curation_steps_reported(cli, tok, tmp_path):
 
 
 def test_quality_filter_rules():
-    from llmctl.curation import QualityFilter
+    from llmctl.data.curation import QualityFilter
 
     q = QualityFilter(
         min_chars=10, max_chars=200, min_words=3, min_alpha_ratio=0.5, max_symbol_ratio=0.3, max_dup_line_ratio=0.3
@@ -385,7 +385,7 @@ def test_quality_filter_rules():
 
 
 def test_pii_redaction():
-    from llmctl.curation import redact_pii
+    from llmctl.data.curation import redact_pii
 
     text, counts = redact_pii(
         "Write to jane.doe@mail.example.org, ring (020) 7946-0018 or +44 20 7946 0958; "
@@ -398,7 +398,7 @@ def test_pii_redaction():
 
 
 def test_decontaminator_reads_eval_jsonl_generically(shared_data):
-    from llmctl.curation import Decontaminator
+    from llmctl.data.curation import Decontaminator
 
     path = shared_data / "hellaswag" / "hellaswag_val_1000.jsonl"
     d = Decontaminator.from_files([path], n=13)
@@ -410,7 +410,7 @@ def test_decontaminator_reads_eval_jsonl_generically(shared_data):
 
 
 def test_decontaminator_bad_file(tmp_path):
-    from llmctl.curation import Decontaminator
+    from llmctl.data.curation import Decontaminator
 
     with pytest.raises(LlmctlError, match="does not exist"):
         Decontaminator.from_files([tmp_path / "nope.jsonl"])
@@ -426,7 +426,7 @@ def test_decontaminator_bad_file(tmp_path):
 
 
 def test_exact_and_near_dedup():
-    from llmctl.curation import ExactDedup, NearDedup, doc_key, minhash_signature
+    from llmctl.data.curation import ExactDedup, NearDedup, doc_key, minhash_signature
 
     ex = ExactDedup()
     assert not ex.seen(doc_key("a  b\nc"))
@@ -494,8 +494,8 @@ def test_show_bad_input(cli, tok, tmp_path):
 def test_encode_doc_split_json_input_and_uint32(cli, tok, corpus, tmp_path, config, monkeypatch):
     import json as _json
 
-    from llmctl import token_data
-    from llmctl.token_data import TokenData
+    from llmctl.data import token_data
+    from llmctl.data.token_data import TokenData
     from llmctl.tokenize import encode_corpus
 
     lines = [ln for ln in corpus.read_text().splitlines() if ln.strip()]

@@ -12,8 +12,8 @@ from llmctl.cli import eval as eval_cmd
 from llmctl.cli import export, finetune, generate, merge_lora, prune, quantize, serve, tokenize
 from llmctl.cli._common import TRAIN_OPTIONS
 from llmctl.cli.main import app
-from llmctl.profiles import schema_for, show_value
-from llmctl.schema import Field
+from llmctl.config.profiles import schema_for, show_value
+from llmctl.config.schema import Field
 
 # (command path, schema, option map of that command, arguments it needs besides the one under test)
 COMMANDS = [

@@ -28,7 +28,7 @@ def compare(
     Examples:
         compare(["base", "base-gptq"], ["hellaswag"], config)["rows"][0]["metrics"]
     """
-    from llmctl.registry import Registry
+    from llmctl.models.registry import Registry
 
     if len(models) < 1:
         raise UsageError(

@@ -21,8 +21,8 @@ from llmctl.evaluate.tasks import REWARD_ACCURACY
 
 def read_pairs(path: Path, tokenizer, template: str, seq_len: int, max_pairs: int | None):
     """Tokenized preference pairs of a file in any preference layout (and what was dropped)."""
-    from llmctl import layouts
-    from llmctl.finetune_data import read_records, tokenize_pref
+    from llmctl.data import layouts
+    from llmctl.data.sft import read_records, tokenize_pref
 
     records, kind = read_records(path, "auto", uses=("preference",))
     if layouts.get(kind).use != "preference":
@@ -38,8 +38,8 @@ def read_pairs(path: Path, tokenizer, template: str, seq_len: int, max_pairs: in
 
 def pair_margins(rm, pairs: list, batch_size: int, device: str) -> list[float]:
     """r(chosen) − r(rejected) for every pair, `batch_size` pairs per forward pass."""
+    from llmctl.data.sft import collate_pairs
     from llmctl.finetune.batches import to_device
-    from llmctl.finetune_data import collate_pairs
 
     out: list[float] = []
     for start in range(0, len(pairs), batch_size):
@@ -54,7 +54,7 @@ def pair_margins(rm, pairs: list, batch_size: int, device: str) -> list[float]:
 def run_reward_accuracy(model: str, path: Path, rconfig: dict, device: str) -> dict:
     """Score a reward model on a preference file, in lm-eval's result layout (block, config, n-samples)."""
     from llmctl.finetune.rewards import load_reward_model
-    from llmctl.loading import pick_device
+    from llmctl.models.loading import pick_device
 
     started = time.perf_counter()
     device = pick_device(device)

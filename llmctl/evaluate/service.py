@@ -2,7 +2,7 @@
 
 Glue, not a reimplementation: the already-loaded model (HF, adapter, quantized, pruned — whatever
 `load_model` returns) is wrapped in lm-eval's `HFLM` and scored by `lm_eval.simple_evaluate`;
-offline task configs come from `llmctl.eval_tasks`; the `perplexity` task is `llmctl.perplexity`;
+offline task configs come from `llmctl.evaluate.task_files`; the `perplexity` task is `llmctl.evaluate.perplexity`;
 `passkey` is `llmctl.evaluate.passkey`; `reward_accuracy` is `llmctl.evaluate.reward`.
 
 Under torchrun every process loads the model and takes a share of the requests: lm-eval's own data-parallel path
@@ -63,7 +63,7 @@ def make_lm(loaded, batch_size: int | str, max_batch_size: int = 64, dist=None):
     """
     from lm_eval.models.huggingface import HFLM
 
-    from llmctl.loading import ensure_pad_token
+    from llmctl.models.loading import ensure_pad_token
 
     ensure_pad_token(loaded.tokenizer)
     lm = HFLM(
@@ -91,8 +91,8 @@ def _all_gather(tensor):
 
 
 def run_perplexity(loaded, text_path: Path, pconfig: dict, progress: Callable | None = None, dist=None) -> dict:
-    """The `perplexity` task: llmctl.perplexity over a text file, in lm-eval's result layout."""
-    from llmctl.perplexity import perplexity, read_text
+    """The `perplexity` task: llmctl.evaluate.perplexity over a text file, in lm-eval's result layout."""
+    from llmctl.evaluate.perplexity import perplexity, read_text
 
     text = read_text(text_path)
     started = time.perf_counter()
@@ -133,9 +133,9 @@ def run_perplexity(loaded, text_path: Path, pconfig: dict, progress: Callable | 
 
 def check_lengths(model: str, adapter: str | None, plan, config: dict, device: str) -> None:
     """Before loading: passkey lengths and perplexity buckets the model's positions and this memory can take."""
-    from llmctl.loading import pick_dtype
-    from llmctl.resolve import resolve_model
-    from llmctl.rope import check_lengths as check
+    from llmctl.models.loading import pick_dtype
+    from llmctl.models.resolve import resolve_model
+    from llmctl.models.rope import check_lengths as check
 
     cfg_file = Path(resolve_model(model).path) / "config.json"
     size = pick_dtype(config["dtype"], device).itemsize
@@ -170,7 +170,7 @@ def run_eval(
     Examples:
         run_eval("tiny", ["hellaswag"], resolve_config("eval", explicit={"data_dir": "data", "limit": 10}))
     """
-    from llmctl.loading import load_model
+    from llmctl.models.loading import load_model
     from llmctl.training.dist import Dist, in_torchrun, init_dist, pick_device
 
     gates = gates or []
@@ -217,7 +217,7 @@ def run_eval(
 
 
 def _resolve(model: str):
-    from llmctl.resolve import resolve_model
+    from llmctl.models.resolve import resolve_model
 
     return resolve_model(model)
 
@@ -345,7 +345,7 @@ def _finish(
 
 def lineage(name: str) -> list[dict]:
     """The model's ancestry: [{name, format, command}, …] from itself up through its parents."""
-    from llmctl.registry import Registry
+    from llmctl.models.registry import Registry
 
     reg = Registry()
     out, queue, seen = [], [name], set()
@@ -370,7 +370,7 @@ def attach_results(
 
     A run-time RoPE override is part of those settings (`rope_scaling`): the numbers are the model's under it.
     """
-    from llmctl.registry import Registry
+    from llmctl.models.registry import Registry
 
     reg = Registry()
     reg.update_metrics(name, metrics)

@@ -134,7 +134,7 @@ def lmeval_task_names() -> set[str]:
 
 
 def _unknown_task(name: str) -> LlmctlError:
-    from llmctl.eval_tasks import LOCAL_TASKS
+    from llmctl.evaluate.task_files import LOCAL_TASKS
 
     candidates = sorted(lmeval_task_names() | set(LOCAL_TASKS) | set(FILE_TASKS) | {PASSKEY})
     close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
@@ -151,8 +151,8 @@ def _unknown_task(name: str) -> LlmctlError:
 
 def plan_tasks(tasks: list[str], config: dict) -> Plan:
     """Decide where each task comes from; raise clear errors before any model is loaded."""
-    from llmctl.eval_tasks import find_text_file, is_local_task
-    from llmctl.resolve import network_allowed
+    from llmctl.evaluate.task_files import find_text_file, is_local_task
+    from llmctl.models.resolve import network_allowed
 
     data_dir = data_dir_of(config)
     plan = Plan(order=list(tasks))
@@ -239,7 +239,7 @@ def _quiet_lmeval() -> None:
 
 def load_tasks(plan: Plan, config: dict, workdir: Path):
     """Write the offline configs and load every lm-eval task (data errors surface here, before the model)."""
-    from llmctl.eval_tasks import write_task_dir
+    from llmctl.evaluate.task_files import write_task_dir
 
     names = plan.local + plan.passthrough
     if not names:

@@ -2,7 +2,7 @@
 
 A family is recognised by behaviour, not by text: a Jinja template belongs to a family when it renders a set of
 probe conversations exactly as the family's own Jinja does (ChatML may add a default system prompt, which
-Ollama gets as `SYSTEM`). `alpaca` renders as llmctl's finetune does (llmctl.finetune_data): the user turns
+Ollama gets as `SYSTEM`). `alpaca` renders as llmctl's finetune does (llmctl.data.sft): the user turns
 since the last answer joined by a blank line, stripped, in the Alpaca prompt; each answer ends with EOS.
 
 Examples:
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llmctl.data.sft import ALPACA_PROMPT
 from llmctl.errors import LlmctlError
-from llmctl.finetune_data import ALPACA_PROMPT
 
 FAMILIES = ("chatml", "alpaca")
 

@@ -3,7 +3,7 @@
 Three measures, all on token ids made by the source's tokenizer so that both models see the same input:
 greedy continuations of a fixed prompt set compared token by token (exactly `max_new_tokens` each: EOS is
 held back on both sides), max |Δlogit| over a few sequences (prompt + the source's continuation), and
-perplexity on a held-out text (llmctl.perplexity, non-overlapping windows). The reader's own tokenizer is
+perplexity on a held-out text (llmctl.evaluate.perplexity, non-overlapping windows). The reader's own tokenizer is
 checked on the prompts too. The default held-out text (`check_text.txt`) is public-domain writing bundled with
 llmctl: Lincoln's Gettysburg Address (1863), the opening of the US Declaration of Independence (1776) and the
 first chapter's opening of Jane Austen's Pride and Prejudice (1813).
@@ -92,7 +92,7 @@ def compare(
     """
     import torch
 
-    from llmctl.perplexity import perplexity
+    from llmctl.evaluate.perplexity import perplexity
 
     say = progress or (lambda _m: None)
     pad = source_tok.pad_token_id if source_tok.pad_token_id is not None else source_tok.eos_token_id

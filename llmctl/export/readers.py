@@ -1,6 +1,6 @@
 """Independent readers of exported models, for the parity check: code other than the writer reads the files.
 
-GGUF: transformers' GGUF loader (llmctl/formats/gguf.py closes its known gaps from the file's keys) and, when
+GGUF: transformers' GGUF loader (llmctl/models/formats/gguf.py closes its known gaps from the file's keys) and, when
 installed, llama-cpp-python; a GGUF LoRA adapter: its tensors read by gguf-py and added to the base as llama.cpp
 adds them; compressed-tensors: transformers' compressed-tensors loader; GPTQ: transformers with gptqmodel, else
 neural-compressor's HF loader; OpenVINO: the OpenVINO runtime (optimum-intel); hf: transformers.
@@ -20,7 +20,7 @@ from llmctl.errors import LlmctlError, first_line
 
 
 def gguf(path: Path, job):
-    from llmctl.formats.gguf import read
+    from llmctl.models.formats.gguf import read
 
     if job.config["lora_gguf"]:
         return lora_gguf(path, job)
@@ -38,15 +38,15 @@ def hf(path: Path, job):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from llmctl.formats.hf import load_tokenizer
+    from llmctl.models.formats.hf import load_tokenizer
 
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, trust_remote_code=False)
     return model.eval(), load_tokenizer(str(path)), "transformers"
 
 
 def compressed_tensors(path: Path, job):
-    from llmctl.formats.compressed_tensors import read_transformers
-    from llmctl.formats.hf import load_tokenizer
+    from llmctl.models.formats.compressed_tensors import read_transformers
+    from llmctl.models.formats.hf import load_tokenizer
 
     return read_transformers(str(path)).eval(), load_tokenizer(str(path)), "transformers compressed-tensors loader"
 
@@ -54,8 +54,8 @@ def compressed_tensors(path: Path, job):
 def gptq(path: Path, job):
     import torch
 
-    from llmctl.formats import gptq as layout
-    from llmctl.formats.hf import load_tokenizer
+    from llmctl.models.formats import gptq as layout
+    from llmctl.models.formats.hf import load_tokenizer
 
     name = "transformers GPTQ loader" if layout._gptq_kernels() else "neural-compressor HF GPTQ loader"
     model = layout.read(str(path), torch.float32)
@@ -63,7 +63,7 @@ def gptq(path: Path, job):
 
 
 def openvino(path: Path, job):
-    from llmctl.formats.openvino import load
+    from llmctl.models.formats.openvino import load
 
     model, tokenizer = load(str(path), None, "cpu")
     return model, tokenizer, "OpenVINO runtime"
@@ -75,7 +75,7 @@ def lora_gguf(path: Path, job):
     import torch
 
     from llmctl.export.gguf_writer import _ARCH_ENUM, _architecture
-    from llmctl.formats.gguf import gguf_metadata
+    from llmctl.models.formats.gguf import gguf_metadata
 
     base = job.base()
     model = base.model

@@ -55,21 +55,21 @@ class Job:
     def source(self):
         """llmctl's load of the source in float32 on CPU (base + adapter for an adapter)."""
         if "source" not in self.cache:
-            from llmctl.loading import load_model
+            from llmctl.models.loading import load_model
 
             self.say(f"loading {self.resolved.label}")
             self.cache["source"] = load_model(self.resolved, dtype="float32", device="cpu")
         return self.cache["source"]
 
     def base_resolved(self):
-        from llmctl.formats.adapter import adapter_base
-        from llmctl.resolve import resolve_model
+        from llmctl.models.formats.adapter import adapter_base
+        from llmctl.models.resolve import resolve_model
 
         return resolve_model(adapter_base(Path(self.resolved.path), self.resolved.parents, self.resolved.label))
 
     def base(self):
         """The adapter's base model, loaded as llmctl loads it (float32, CPU)."""
-        from llmctl.loading import load_model
+        from llmctl.models.loading import load_model
 
         return load_model(self.base_resolved(), dtype="float32", device="cpu")
 
@@ -84,7 +84,7 @@ class Job:
             return self.cache["plain"]
         fmt = self.resolved.format
         if fmt == "peft-adapter":
-            from llmctl.merge import merge_adapter
+            from llmctl.merge_lora.service import merge_adapter
 
             self.say("merging the adapter into its base")
             base = self.base_resolved()
@@ -98,7 +98,7 @@ class Job:
             merged, tokenizer, _, _ = merge_adapter(self.resolved, base, qlora_base="original", check=False)
             self.cache["plain"] = (merged.eval(), tokenizer)
         elif fmt in ("inc-woq", "gptq"):
-            from llmctl.formats.woq import dequantized_model
+            from llmctl.models.formats.woq import dequantized_model
 
             src = self.source()
             self.cache["plain"] = (dequantized_model(copy.deepcopy(src.model)).eval(), src.tokenizer)
@@ -108,9 +108,9 @@ class Job:
         return self.cache["plain"]
 
     def woq(self):
-        """The source's integer codes, scales, zero points and channel order (llmctl.formats.woq.WoqModel)."""
-        from llmctl.formats import compressed_tensors, gptq
-        from llmctl.formats.woq import WoqModel
+        """The source's integer codes, scales, zero points and channel order (llmctl.models.formats.woq.WoqModel)."""
+        from llmctl.models.formats import compressed_tensors, gptq
+        from llmctl.models.formats.woq import WoqModel
 
         fmt = self.resolved.format
         if fmt == "compressed-tensors":
@@ -132,7 +132,7 @@ class Job:
 
 def _recorded_template(entry, depth: int = 4) -> str | None:
     """meta.template of the entry, of the adapter it was merged from, or of its first parent (a few steps up)."""
-    from llmctl.registry import Registry
+    from llmctl.models.registry import Registry
 
     registry = Registry()
     while entry is not None and depth > 0:
@@ -146,7 +146,7 @@ def _recorded_template(entry, depth: int = 4) -> str | None:
 
 def _check_source(resolved, target: targets.Target, config: dict) -> None:
     """The source's format is one the target exports from (else one line naming both and what to do)."""
-    from llmctl import formats
+    from llmctl.models import formats
 
     fmt = resolved.format
     if config["lora_gguf"]:
@@ -157,7 +157,7 @@ def _check_source(resolved, target: targets.Target, config: dict) -> None:
             )
         return
     if fmt == "peft-adapter" and fmt in target.sources:
-        from llmctl.formats.adapter import adapter_config
+        from llmctl.models.formats.adapter import adapter_config
 
         kind = adapter_config(Path(resolved.path)).get("peft_type")
         if kind != "LORA":
@@ -197,20 +197,20 @@ def _parent_hint(resolved) -> str:
 def _check_architecture(resolved, target: targets.Target) -> None:
     """GGUF targets: the converter knows the architecture, checked from config.json before anything loads."""
     from llmctl.export.gguf_writer import check_architecture
-    from llmctl.formats import gguf_file
-    from llmctl.formats.hf import read_json
+    from llmctl.models.formats import gguf_file
+    from llmctl.models.formats.hf import read_json
 
     if target.name not in ("gguf", "ollama"):
         return
     path = Path(resolved.path)
     if resolved.format == "gguf":
-        from llmctl.formats.gguf import gguf_metadata
+        from llmctl.models.formats.gguf import gguf_metadata
 
         check_architecture(gguf_metadata(gguf_file(path)).get("general.architecture"))
         return
     if resolved.format == "peft-adapter":
-        from llmctl.formats.adapter import adapter_base
-        from llmctl.resolve import resolve_model
+        from llmctl.models.formats.adapter import adapter_base
+        from llmctl.models.resolve import resolve_model
 
         path = Path(resolve_model(adapter_base(path, resolved.parents, resolved.label)).path)
     if (path / "config.json").is_file():
@@ -259,8 +259,8 @@ def _place(artifact: Path, dest: Path, move: bool) -> None:
 
 def _check(job: Job, artifact: Path) -> list[dict]:
     """The parity reports of the readers (transformers-side reader first, llama.cpp too when installed)."""
+    from llmctl.evaluate.perplexity import read_text
     from llmctl.export import parity, readers
-    from llmctl.perplexity import read_text
 
     check = job.config["check"]
     text = read_text(Path(check["data"]), "check data", "--check-data") if check["data"] else parity.default_text()
@@ -278,8 +278,8 @@ def _check(job: Job, artifact: Path) -> list[dict]:
     reports = [parity.compare(source.model, source.tokenizer, model, tokenizer, reader=reader, **kwargs)]
     del model
     if job.target.name in ("gguf", "ollama") and check["llama_cpp"] and not job.config["lora_gguf"]:
+        from llmctl.evaluate.perplexity import model_max_length
         from llmctl.export.ollama import GGUF_NAME
-        from llmctl.perplexity import model_max_length
 
         gguf_path = artifact / GGUF_NAME if artifact.is_dir() else artifact
         # room for a perplexity window or a prompt with its continuation (logits of every position are kept)
@@ -306,8 +306,8 @@ def export(
     Examples:
         export("smol", resolve_config("export", None, ["format=hf"], {}), output="out/smol-hf")["parity"]
     """
-    from llmctl.registry import Registry
-    from llmctl.resolve import resolve_model
+    from llmctl.models.registry import Registry
+    from llmctl.models.resolve import resolve_model
 
     say = progress or (lambda _m: None)
     started = time.perf_counter()
@@ -393,10 +393,10 @@ def _finish(
     seconds: float,
 ) -> dict:
     """Put the checked export at --output and/or publish it as --name; return the report."""
+    from llmctl.config.profiles import save_config
     from llmctl.export import parity
+    from llmctl.models.registry import ModelEntry
     from llmctl.paths import dir_size_mb
-    from llmctl.profiles import save_config
-    from llmctl.registry import ModelEntry
 
     size = artifact.stat().st_size if artifact.is_file() else int(dir_size_mb(artifact) * 2**20)
     facts = {("writer_seconds" if k == "seconds" else k): v for k, v in facts.items() if k not in ("path", "modelfile")}

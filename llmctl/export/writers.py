@@ -85,21 +85,21 @@ def hf(job, dest: Path) -> dict:
 
 def compressed_tensors(job, dest: Path) -> dict:
     """The source's own codes, scales, zero points and channel order as a compressed-tensors folder."""
-    from llmctl.formats import compressed_tensors as layout
+    from llmctl.models.formats import compressed_tensors as layout
 
     return layout.save(job.woq(), job.source().tokenizer, dest)
 
 
 def gptq(job, dest: Path) -> dict:
     """The source's own codes, scales, zero points and channel order in the HF GPTQ layout."""
-    from llmctl.formats import gptq as layout
+    from llmctl.models.formats import gptq as layout
 
     return layout.save(job.woq(), job.source().tokenizer, dest)
 
 
 def openvino(job, dest: Path) -> dict:
     """An OpenVINO IR folder with NNCF weight compression, as `llmctl quantize --backend openvino` makes it."""
-    from llmctl.formats.openvino import require_openvino
+    from llmctl.models.formats.openvino import require_openvino
     from llmctl.paths import temp_prefix
     from llmctl.quantize.openvino import openvino_compress
 

@@ -17,11 +17,11 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
+from llmctl.data.sft import IGNORE, tokenize_pref
 from llmctl.errors import LlmctlError
 from llmctl.finetune.batches import pref_plan, to_device
-from llmctl.finetune_data import IGNORE, tokenize_pref
 
-# What each data use means, for messages (the `use` of llmctl.layouts).
+# What each data use means, for messages (the `use` of llmctl.data.layouts).
 NEEDS = {
     "sft": ("responses to learn", '{"instruction": "…", "output": "…"}'),
     "preference": ("preference data (prompt, chosen, rejected)", '{"prompt": "…", "chosen": "…", "rejected": "…"}'),
@@ -109,7 +109,7 @@ class Objective:
 
     name = ""
     summary = ""
-    data_use: tuple[str, ...] = ("preference",)  # the layout uses it trains on (llmctl.layouts), first = main
+    data_use: tuple[str, ...] = ("preference",)  # the layout uses it trains on (llmctl.data.layouts), first = main
     head = "lm"  # "lm" (causal LM) or "reward" (sequence classification head with one output)
     uses_reference = False
     rollouts = False  # True: makes its own micro-batches each step from prompts (`update`), no `loss` plan
@@ -121,7 +121,7 @@ class Objective:
 
     def check_data(self, kind: str, path) -> None:
         """Refuse data whose layout serves none of this objective's uses, saying what it needs."""
-        from llmctl import layouts
+        from llmctl.data import layouts
 
         layout = layouts.get(kind)
         if set(layout.uses) & set(self.data_use):

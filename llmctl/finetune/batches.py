@@ -11,7 +11,7 @@ import math
 import random
 from collections.abc import Callable
 
-from llmctl.finetune_data import collate, collate_pairs, pack
+from llmctl.data.sft import collate, collate_pairs, pack
 
 
 class Plan:

@@ -142,7 +142,7 @@ class FinetuneRun:
         self.log(f"resumed from step {self.start} ({self.ckpt.root})")
 
     def open_logs(self) -> None:
-        from llmctl.profiles import save_config
+        from llmctl.config.profiles import save_config
         from llmctl.training.metrics import MetricsLogger, NullLogger
 
         if not self.s.d.main:  # rank 0 writes the logs and the config

@@ -46,8 +46,8 @@ def load_base(base, config: dict, device: str, tokenizer):
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from llmctl.formats.bnb import check_bnb_4bit
-    from llmctl.formats.hf import check_folder
+    from llmctl.models.formats.bnb import check_bnb_4bit
+    from llmctl.models.formats.hf import check_folder
 
     method, objective = config["method"], config["objective"]
     if Path(base.path).is_dir():
@@ -85,7 +85,7 @@ def load_base(base, config: dict, device: str, tokenizer):
 
 def _rope_config(base, config: dict, num_labels: int | None) -> dict:
     """from_pretrained arguments: the base's config with `--rope-scaling` written in, so the model is built with it."""
-    from llmctl.rope import scale_config, wanted
+    from llmctl.models.rope import scale_config, wanted
 
     extra = {"num_labels": num_labels} if num_labels else {}
     if not wanted(config.get("rope")):

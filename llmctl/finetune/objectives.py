@@ -23,12 +23,12 @@ Examples:
 
 from __future__ import annotations
 
+from llmctl.data.sft import IGNORE, tokenize_sft
 from llmctl.errors import LlmctlError
 from llmctl.finetune.base import Models, Objective, response_counts, reward_scores, token_logps
 from llmctl.finetune.batches import Plan, sft_plan, to_device
 from llmctl.finetune.grpo import GRPO
 from llmctl.finetune.ppo import PPO
-from llmctl.finetune_data import IGNORE, tokenize_sft
 
 __all__ = ["OBJECTIVES", "Models", "Objective", "get", "reward_scores", "sft_eval_loss", "token_logps"]
 
@@ -113,12 +113,12 @@ class KTO(Objective):
     accuracy_key = "kto_accuracy"
 
     def examples(self, records, kind, tokenizer, template, seq_len):
-        from llmctl.align_data import tokenize_unpaired
+        from llmctl.data.preferences import tokenize_unpaired
 
         return tokenize_unpaired(records, kind, tokenizer, template, seq_len)
 
     def plan(self, items, config, pad_id, packed, seed):
-        from llmctl.align_data import collate_unpaired
+        from llmctl.data.preferences import collate_unpaired
 
         return Plan(
             items,

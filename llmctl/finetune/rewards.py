@@ -163,10 +163,10 @@ class RewardModel:
 
 def locate_reward_model(spec: str) -> tuple:
     """(resolved entry, its kind, the folder of the base weights) of a reward model; anything else is refused."""
-    from llmctl import formats
-    from llmctl.formats.adapter import adapter_base, adapter_config
-    from llmctl.formats.hf import read_json
-    from llmctl.resolve import resolve_model
+    from llmctl.models import formats
+    from llmctl.models.formats.adapter import adapter_base, adapter_config
+    from llmctl.models.formats.hf import read_json
+    from llmctl.models.resolve import resolve_model
 
     resolved = resolve_model(spec)
     kind = formats.get(resolved.format).kind
@@ -198,8 +198,8 @@ def load_reward_model(spec: str, device: str = "cpu") -> RewardModel:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from llmctl.formats.adapter import attach
-    from llmctl.formats.hf import check_folder, load_tokenizer
+    from llmctl.models.formats.adapter import attach
+    from llmctl.models.formats.hf import check_folder, load_tokenizer
 
     resolved, kind, base_path = locate_reward_model(spec)
     path = Path(resolved.path)

@@ -199,7 +199,7 @@ class OnPolicy(Objective):
         return config["train"]["batch_size"]
 
     def examples(self, records, kind, tokenizer, template, seq_len):
-        from llmctl.align_data import tokenize_prompts
+        from llmctl.data.preferences import tokenize_prompts
 
         return tokenize_prompts(records, tokenizer, template, seq_len)
 

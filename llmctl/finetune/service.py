@@ -85,7 +85,7 @@ def _check_combination(config: dict) -> None:
 
 def _check_rope(base, config: dict, device: str) -> None:
     """Before anything is read or written: RoPE scaling the base can take, and a --seq-len memory can hold."""
-    from llmctl import rope
+    from llmctl.models import rope
 
     if rope.wanted(config["rope"]):
         rope.check_config_file(base, config["rope"]["scaling"])
@@ -103,7 +103,7 @@ def _check_rope(base, config: dict, device: str) -> None:
 
 def prepare_data(s: Setup, data: Path, log: Callable[[str], None]) -> None:
     """Read, check, split, tokenize and plan the data for the objective."""
-    from llmctl.finetune_data import read_records, split_eval
+    from llmctl.data.sft import read_records, split_eval
 
     config, t = s.config, s.config["train"]
     records, kind = read_records(Path(data), config["data"]["format"], uses=s.objective.data_use)
@@ -163,10 +163,10 @@ def setup(
 ) -> Setup:
     """Every check and preparation before training; nothing is written when one fails."""
     from llmctl.finetune.parallel import check_strategy
-    from llmctl.formats.hf import load_tokenizer
-    from llmctl.loading import check_full_precision
-    from llmctl.registry import Registry
-    from llmctl.resolve import resolve_model
+    from llmctl.models.formats.hf import load_tokenizer
+    from llmctl.models.loading import check_full_precision
+    from llmctl.models.registry import Registry
+    from llmctl.models.resolve import resolve_model
     from llmctl.training.dist import Dist, env_rank, in_torchrun, init_dist, pick_device
     from llmctl.training.run_dir import open_run_dir, run_dir_for
     from llmctl.training.state import Checkpointer, seed_everything
@@ -302,9 +302,9 @@ def finetune(
 
 def publish(s: Setup, metrics: dict) -> tuple[str, str]:
     """Save the adapter (or full model) with its tokenizer, config and curves, and register it."""
-    from llmctl.formats.hf import arch_summary
-    from llmctl.profiles import save_config
-    from llmctl.registry import ModelEntry
+    from llmctl.config.profiles import save_config
+    from llmctl.models.formats.hf import arch_summary
+    from llmctl.models.registry import ModelEntry
 
     config, method = s.config, s.config["method"]
     out_format = "peft-adapter" if method in PEFT_METHODS else "hf"
@@ -324,7 +324,7 @@ def publish(s: Setup, metrics: dict) -> tuple[str, str]:
     if s.objective.head == "reward":
         meta["head"] = "reward"
     if config["rope"]["scaling"]:  # lineage: the positions this model was trained with
-        from llmctl.rope import describe
+        from llmctl.models.rope import describe
 
         meta["rope_scaling"] = {**s.base_model.config.rope_scaling, "context": describe(s.base_model.config)}
     meta.update(s.extra_meta)
@@ -336,7 +336,7 @@ def publish(s: Setup, metrics: dict) -> tuple[str, str]:
             acfg = json.loads(cfg_path.read_text())
             acfg["base_model_name_or_path"] = s.base.name or s.base.path
             cfg_path.write_text(json.dumps(acfg, indent=2))
-            from llmctl.rope import write_for_adapter
+            from llmctl.models.rope import write_for_adapter
 
             if config["rope"]["scaling"]:
                 write_for_adapter(tmp, s.base_model.config)  # the base's config.json does not carry it

@@ -18,7 +18,7 @@ from llmctl.training.dist import Dist
 
 
 def _tokenizer_sha(folder: Path) -> str | None:
-    from llmctl.token_data import file_sha256
+    from llmctl.data.token_data import file_sha256
 
     tj = folder / "tokenizer.json"
     return file_sha256(tj) if tj.is_file() else None
@@ -26,7 +26,7 @@ def _tokenizer_sha(folder: Path) -> str | None:
 
 def resolve_tokenizer(data, tokenizer: str | None) -> tuple[str | None, Path]:
     """The tokenizer to train with: the one the data index records; another one is an error."""
-    from llmctl.registry import Registry
+    from llmctl.models.registry import Registry
 
     rec = data.tokenizer
     want_sha = rec.get("sha256")
@@ -44,7 +44,7 @@ def resolve_tokenizer(data, tokenizer: str | None) -> tuple[str | None, Path]:
                 f"`llmctl tokenize encode --tokenizer {tokenizer}`",
             )
         if not (want_sha and sha):
-            from llmctl.loading import load_tokenizer
+            from llmctl.models.loading import load_tokenizer
 
             n = len(load_tokenizer(str(folder)))
             if rec.get("vocab_size") and n != rec["vocab_size"]:

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from typing import Any
 
 from llmctl.errors import LlmctlError, first_line
+from llmctl.models.rope import scale_config
 from llmctl.pretrain.data import batch_offsets, evaluate, lm_loss, val_bytes_per_token, val_metrics, windows
 from llmctl.pretrain.model import build_model, hf_config
-from llmctl.rope import scale_config
 from llmctl.training.dist import full_state, load_full_state, wrap_model
 
 # Dense bf16 peak FLOP/s of common GPUs, for MFU (by substring of the device name).

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from llmctl.errors import LlmctlError
+from llmctl.models.rope import context_length, scale_config
 from llmctl.pretrain.data import resolve_tokenizer
 from llmctl.pretrain.model import SHAPE_KEYS, check_shape, hf_config, model_shape
-from llmctl.rope import context_length, scale_config
 from llmctl.training.dist import Dist, in_torchrun, init_dist, pick_device
 
 
@@ -88,9 +88,9 @@ def plan_run(
     data_dir: Path, name: str, config: dict, tokenizer: str | None, resume: bool, force: bool, command: str
 ) -> Plan:
     """Check names, data, tokenizer, shape and run dir; nothing is written when any check fails."""
-    from llmctl.formats.hf import load_tokenizer
-    from llmctl.registry import Registry
-    from llmctl.token_data import TokenData
+    from llmctl.data.token_data import TokenData
+    from llmctl.models.formats.hf import load_tokenizer
+    from llmctl.models.registry import Registry
     from llmctl.training.run_dir import open_run_dir, run_dir_for
     from llmctl.training.state import Checkpointer
 
@@ -146,8 +146,8 @@ def pretrain(
     Examples:
         pretrain(Path("data/sp"), "tiny-sp", resolve_config("pretrain", "shakespeare-tiny", [], {}))
     """
+    from llmctl.config.profiles import save_config
     from llmctl.pretrain.loop import PretrainRun
-    from llmctl.profiles import save_config
 
     plan = plan_run(data_dir, name, config, tokenizer, resume, force, command)
     plan.d = init_dist(config, plan.device) if in_torchrun() else Dist()
@@ -199,7 +199,7 @@ def _result(plan: Plan, run, seconds: float, final: dict) -> dict:
 
 def _parents(plan: Plan) -> list[str]:
     """Lineage: the tokenizer's and the data's registry names, when they are registered."""
-    from llmctl.registry import Registry
+    from llmctl.models.registry import Registry
 
     reg, parents = Registry(), []
     if plan.tok_name and (e := reg.find(plan.tok_name)) is not None and e.name != plan.name:
@@ -217,9 +217,9 @@ def _parents(plan: Plan) -> list[str]:
 
 def _publish(plan: Plan, run, final: dict, model) -> dict:
     """Save the trained model as an HF folder with its tokenizer and register it (rank 0)."""
-    from llmctl.profiles import save_config
-    from llmctl.registry import ModelEntry
-    from llmctl.token_data import file_sha256
+    from llmctl.config.profiles import save_config
+    from llmctl.data.token_data import file_sha256
+    from llmctl.models.registry import ModelEntry
 
     config, shape = plan.config, plan.shape
     meta = {

@@ -1,7 +1,7 @@
 """The `llmctl` quantize backend: llmctl.compress's RTN, GPTQ and AWQ cores, saved as compressed-tensors.
 
 The cores return integer codes with compressed-tensors' meaning (llmctl.compress.grid.QuantizedWeight), which
-are the fields of a `llmctl.formats.woq.WoqLayer`; the model is left holding the dequantized weights, so the
+are the fields of a `llmctl.models.formats.woq.WoqLayer`; the model is left holding the dequantized weights, so the
 perplexity measured on it afterwards is the saved model's. Grids follow the neural-compressor runs they
 replace: RTN on INC RTN's grid, GPTQ on INC GPTQ's (or RTN's with `gptq.rtn_grid`), AWQ's codes on RTN's.
 benchmarks/compress_speed.py measures both sides (README: GPTQ 4-bit at 8×512 took 235 CPU seconds in INC and
@@ -58,8 +58,8 @@ def quantize_with_cores(
 
 
 def woq_model(model, layers: dict):
-    """The WoqModel (llmctl.formats.woq) of a float model whose `layers` were quantized by the cores."""
-    from llmctl.formats.woq import WoqLayer, WoqModel
+    """The WoqModel (llmctl.models.formats.woq) of a float model whose `layers` were quantized by the cores."""
+    from llmctl.models.formats.woq import WoqLayer, WoqModel
 
     modules = dict(model.named_modules())
     woq_layers = {}
@@ -79,6 +79,6 @@ def woq_model(model, layers: dict):
 
 def save_layers(model, layers: dict, tokenizer, dest: Path) -> dict:
     """Write the quantized model as a compressed-tensors folder; return its layout facts."""
-    from llmctl.formats import compressed_tensors
+    from llmctl.models.formats import compressed_tensors
 
     return compressed_tensors.save(woq_model(model, layers), tokenizer, dest)

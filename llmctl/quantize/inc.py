@@ -14,7 +14,7 @@ from pathlib import Path
 
 from llmctl.errors import LlmctlError
 from llmctl.quantize.inc_patches import awq_fixes, gptq_block_inputs_fix, gptq_rtn_grid
-from llmctl.quiet import stdout_to_stderr
+from llmctl.runtime.quiet import stdout_to_stderr
 
 
 def calibration_forwards(windows, kv_cache: bool = False):
@@ -198,11 +198,11 @@ def inc_weight_only(model, algo: str, cfg: dict, windows: list, progress: Callab
 def save_weight_only(qmodel, tokenizer, dest: Path, algo: str, config: dict) -> tuple[str, dict]:
     """Save an INC weight-only model (rtn/gptq/awq/teq) in the asked layout; return (format, layout facts).
 
-    Its modules first get their exact float32 weights (llmctl.formats.woq.exact_weights), so the perplexity
+    Its modules first get their exact float32 weights (llmctl.models.formats.woq.exact_weights), so the perplexity
     measured on it afterwards is the saved model's in every layout.
     """
-    from llmctl.formats import compressed_tensors, inc
-    from llmctl.formats.woq import WoqModel, exact_weights
+    from llmctl.models.formats import compressed_tensors, inc
+    from llmctl.models.formats.woq import WoqModel, exact_weights
 
     exact_weights(qmodel)
     if config["save_format"] == "inc":

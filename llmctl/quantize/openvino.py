@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from llmctl.errors import LlmctlError
-from llmctl.formats.openvino import require_openvino
-from llmctl.quiet import stdout_to_stderr
+from llmctl.models.formats.openvino import require_openvino
+from llmctl.runtime.quiet import stdout_to_stderr
 
 
 def openvino_compress(src_dir: str, dest: Path, cfg: dict, calib_texts: list[str] | None) -> None:

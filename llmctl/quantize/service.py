@@ -1,6 +1,6 @@
 """`llmctl quantize`: weight-only and int8 quantization with neural-compressor 3.x, OpenVINO or bitsandbytes.
 
-Backends and what each saves (each in a format of `llmctl.formats`, loaded back by name everywhere); with no
+Backends and what each saves (each in a format of `llmctl.models.formats`, loaded back by name everywhere); with no
 backend asked for, rtn/gptq/awq run on llmctl's own cores and the rest on the one backend that has them:
 - llmctl (llmctl.compress's cores, `llmctl.quantize.cores`): rtn, gptq, awq → compressed-tensors pack-quantized.
 - inc (neural-compressor 3.x torch API): rtn, gptq, awq, teq → compressed-tensors pack-quantized folder (format
@@ -35,12 +35,12 @@ from llmctl.quantize.support import (
     check_linear_layers,
     hf_dir_of,
 )
-from llmctl.quiet import stdout_to_stderr
+from llmctl.runtime.quiet import stdout_to_stderr
 
 
 def quantize_in_memory(loaded, algo: str, cfg: dict, windows: list, progress: Callable[[str], None] | None = None):
     """Quantize a loaded fp32 model (inc and int8 backends); returns (model, facts)."""
-    from llmctl.formats.int8 import dynamic_int8
+    from llmctl.models.formats.int8 import dynamic_int8
     from llmctl.quantize.inc import inc_weight_only
     from llmctl.quantize.smoothquant import smooth_llama
 
@@ -65,7 +65,7 @@ class _Job:
     say: Callable[[str], None]
 
     def perplexity(self, model) -> float | None:
-        from llmctl.calibration import held_out_perplexity
+        from llmctl.compress.calibration import held_out_perplexity
 
         if not self.data.eval_text:
             return None
@@ -75,7 +75,7 @@ class _Job:
 
 def _run_inc(job: _Job) -> tuple[str, float | None, dict]:
     """INC weight-only or int8: quantize in memory, score, save; returns (format, ppl after, facts)."""
-    from llmctl.formats import int8
+    from llmctl.models.formats import int8
     from llmctl.quantize.inc import save_weight_only
 
     job.say(f"quantizing with {job.algo} ({job.config['bits']}-bit)")
@@ -110,7 +110,7 @@ def _run_llmctl(job: _Job) -> tuple[str, float | None, dict]:
 
 
 def _run_openvino(job: _Job, name: str) -> tuple[str, float | None, dict]:
-    from llmctl.formats import openvino
+    from llmctl.models.formats import openvino
     from llmctl.quantize.openvino import openvino_compress
 
     openvino.require_openvino()
@@ -129,7 +129,7 @@ def _run_openvino(job: _Job, name: str) -> tuple[str, float | None, dict]:
 
 def _run_bnb(job: _Job) -> tuple[str, float | None, dict]:
     """bitsandbytes: weights stay full precision on disk and are quantized when loaded."""
-    from llmctl.formats import bnb, write_marker
+    from llmctl.models.formats import bnb, write_marker
 
     job.loaded.model.save_pretrained(job.tmp, safe_serialization=True)
     job.loaded.tokenizer.save_pretrained(job.tmp)
@@ -155,10 +155,10 @@ def quantize(
     """
     import torch
 
-    from llmctl.calibration import parent_perplexity, prepare_data
-    from llmctl.loading import load_full_precision
-    from llmctl.profiles import save_config
-    from llmctl.registry import ModelEntry, Registry
+    from llmctl.compress.calibration import parent_perplexity, prepare_data
+    from llmctl.config.profiles import save_config
+    from llmctl.models.loading import load_full_precision
+    from llmctl.models.registry import ModelEntry, Registry
 
     say = progress or (lambda _msg: None)
     reservation = Registry().reserve(name, force)

@@ -1,6 +1,6 @@
 """int8 W8A8: SmoothQuant smoothing folded into LLaMA-style norms before torch dynamic int8 quantization.
 
-The int8 modules themselves and their on-disk layout are the `inc-int8` format (`llmctl/formats/int8.py`).
+The int8 modules themselves and their on-disk layout are the `inc-int8` format (`llmctl/models/formats/int8.py`).
 
 Examples:
     facts = smooth_llama(model, windows, alpha=0.5); qmodel = dynamic_int8(model)

@@ -58,16 +58,16 @@ def tune(
     """Run the accuracy-aware search, register the first configuration within max_loss, report every trial."""
     import torch
 
-    from llmctl.calibration import held_out_perplexity, prepare_data
-    from llmctl.formats.woq import exact_weights
-    from llmctl.loading import load_full_precision
+    from llmctl.compress.calibration import held_out_perplexity, prepare_data
+    from llmctl.config.profiles import save_config
+    from llmctl.models.formats.woq import exact_weights
+    from llmctl.models.loading import load_full_precision
+    from llmctl.models.registry import ModelEntry
     from llmctl.paths import dir_size_mb, weights_size_mb
-    from llmctl.profiles import save_config
     from llmctl.quantize.inc import calibration_forwards, inc_config, save_weight_only
     from llmctl.quantize.inc_patches import awq_fixes, gptq_block_inputs_fix, gptq_rtn_grid
     from llmctl.quantize.support import check_linear_layers
-    from llmctl.quiet import stdout_to_stderr
-    from llmctl.registry import ModelEntry
+    from llmctl.runtime.quiet import stdout_to_stderr
 
     say = progress or (lambda _m: None)
     if config["backend"] not in (None, "inc"):  # the trials run neural-compressor's algorithms

@@ -1,1 +1,1 @@
-"""One module per command holding its profile schema as `SCHEMA` (see llmctl/schema.py)."""
+"""One module per command holding its profile schema as `SCHEMA` (see llmctl/config/schema.py)."""

@@ -7,8 +7,8 @@ Examples:
     SCHEMA = Section(rules=(*ROPE_RULES,), rope=rope_section(), ...)
 """
 
-from llmctl.rope import ROPE_TYPES
-from llmctl.schema import Field, Rule, Section
+from llmctl.config.schema import Field, Rule, Section
+from llmctl.models.rope import ROPE_TYPES
 
 
 def rope_section() -> Section:

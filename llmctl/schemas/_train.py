@@ -4,7 +4,7 @@ Examples:
     SCHEMA = Section(train=train_section(lr=2e-4, max_steps=300), dist=dist_section(), ...)
 """
 
-from llmctl.schema import Field, Section, device_field, dtype_field
+from llmctl.config.schema import Field, Section, device_field, dtype_field
 
 
 def train_section(**defaults) -> Section:

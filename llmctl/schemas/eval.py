@@ -4,7 +4,7 @@ Examples:
     resolve_config("eval", "quick", ["perplexity.seqlen=512"], {"limit": 100})
 """
 
-from llmctl.schema import Field, Rule, Section, device_field, dtype_field
+from llmctl.config.schema import Field, Rule, Section, device_field, dtype_field
 from llmctl.schemas._rope import ROPE_RULES, rope_section
 
 

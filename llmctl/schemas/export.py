@@ -1,5 +1,6 @@
 """Settings of `llmctl export`: the target format (choices from the export targets table) and its parity check."""
 
+from llmctl.config.schema import Field, Rule, Section
 from llmctl.export.targets import (
     FLOAT_TYPES,
     GGUF_TYPES,
@@ -10,7 +11,6 @@ from llmctl.export.targets import (
     valid_bits,
     valid_type,
 )
-from llmctl.schema import Field, Rule, Section
 
 SCHEMA = Section(
     rules=(

@@ -3,8 +3,8 @@ and each objective's hyper-parameters (defaults from the papers or TRL, named pe
 
 import re
 
-from llmctl import layouts
-from llmctl.schema import Field, Rule, Section, dtype_field
+from llmctl.config.schema import Field, Rule, Section, dtype_field
+from llmctl.data import layouts
 from llmctl.schemas._rope import ROPE_RULES, rope_section
 from llmctl.schemas._train import dist_section, train_section
 

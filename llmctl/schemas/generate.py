@@ -1,6 +1,6 @@
 """Settings of `llmctl generate`."""
 
-from llmctl.schema import Field, Section, device_field, dtype_field
+from llmctl.config.schema import Field, Section, device_field, dtype_field
 from llmctl.schemas._rope import ROPE_RULES, rope_section
 from llmctl.schemas.serve import BACKENDS
 

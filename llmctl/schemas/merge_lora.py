@@ -1,6 +1,6 @@
 """Settings of `llmctl merge-lora`."""
 
-from llmctl.schema import Field, Section, dtype_field
+from llmctl.config.schema import Field, Section, dtype_field
 
 SCHEMA = Section(
     dtype=dtype_field("float32", "dtype of the saved merged weights", auto=False),

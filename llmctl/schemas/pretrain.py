@@ -1,6 +1,6 @@
 """Settings of `llmctl pretrain`: model architecture and size, RoPE scaling, training, data, processes, spike guard."""
 
-from llmctl.schema import Field, Section
+from llmctl.config.schema import Field, Section
 from llmctl.schemas._rope import ROPE_RULES, rope_section
 from llmctl.schemas._train import dist_section, train_section
 

@@ -1,6 +1,6 @@
 """Settings of `llmctl prune`."""
 
-from llmctl.schema import Field, Section
+from llmctl.config.schema import Field, Section
 
 
 def _n_m(pattern: str) -> bool:
@@ -38,7 +38,7 @@ SCHEMA = Section(
         seed=Field(int, 0, "seed for picking windows"),
     ),
     eval=Section(
-        "held-out perplexity before/after (llmctl.perplexity)",
+        "held-out perplexity before/after (llmctl.evaluate.perplexity)",
         data=Field(
             str, None, "text file to score; null = the last eval.tokens tokens of the calibration data", nullable=True
         ),

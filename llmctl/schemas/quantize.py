@@ -1,6 +1,6 @@
 """Settings of `llmctl quantize`, and the one table of what it supports (backend → algorithm → bits)."""
 
-from llmctl.schema import Field, Rule, Section, dtype_field
+from llmctl.config.schema import Field, Rule, Section, dtype_field
 
 # backend → algo → supported bits: the one list of quantize's combinations (the service reads it too)
 # (auto: the first backend that has the algorithm at those bits: llmctl's own cores first, measured faster and
@@ -116,7 +116,7 @@ SCHEMA = Section(
         seed=Field(int, 0, "seed for picking windows"),
     ),
     eval=Section(
-        "held-out perplexity before/after (llmctl.perplexity)",
+        "held-out perplexity before/after (llmctl.evaluate.perplexity)",
         data=Field(
             str, None, "text file to score; null = the last eval.tokens tokens of the calibration data", nullable=True
         ),

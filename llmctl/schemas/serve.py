@@ -1,6 +1,6 @@
 """Settings of `llmctl serve`."""
 
-from llmctl.schema import Field, Section, device_field, dtype_field
+from llmctl.config.schema import Field, Section, device_field, dtype_field
 from llmctl.schemas._rope import ROPE_RULES, rope_section
 
 # the backend names of llmctl.inference.backends (kept here as data so the schema imports nothing heavy;

@@ -1,6 +1,6 @@
 """Settings of `llmctl tokenize train|encode|stats|show`."""
 
-from llmctl.schema import Field, Section
+from llmctl.config.schema import Field, Section
 
 SCHEMA = Section(
     train=Section(

@@ -46,7 +46,7 @@ def setup_logging(json_logs: bool) -> None:
     """Server logs on stderr: plain lines, or JSON lines with --json-logs (uvicorn's own logs included).
 
     llmctl's CLI switches Python logging off below CRITICAL so that libraries stay quiet
-    (`llmctl.quiet.configure_library_logs`); the server's own loggers must pass, so logging is switched back on
+    (`llmctl.runtime.quiet.configure_library_logs`); the server's own loggers must pass, so logging is switched back on
     and the root logger raised to CRITICAL instead: loggers without a level of their own stay quiet.
     """
     if logging.root.manager.disable > logging.NOTSET:
@@ -94,7 +94,7 @@ def load_models(specs: list[str], names: list[str], config: dict, say=None) -> l
     from llmctl.inference import backends
     from llmctl.inference.backends.base import BackendOptions
     from llmctl.inference.engine import Engine
-    from llmctl.resolve import resolve_model
+    from llmctl.models.resolve import resolve_model
     from llmctl.serve.app import ServedModel
 
     say = say or (lambda _m: None)

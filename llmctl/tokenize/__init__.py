@@ -1,11 +1,11 @@
 """Tokenizers and tokenized corpora: train (HF `tokenizers`), encode to token shards, stats, show.
 
 One module per concept:
-    reader.py    documents from --input files (.txt/.jsonl/.json/.parquet, via llmctl/records.py)
+    reader.py    documents from --input files (.txt/.jsonl/.json/.parquet, via llmctl/data/records.py)
     spec.py      --tokenizer: the one resolver (tokenizer_folder) and loading (load_tokenizer_spec)
     train.py     `tokenize train`
     workers.py   per-chunk curation and tokenization (worker processes)
-    pipeline.py  `tokenize encode`'s loop: dedup, split, EOS-separated shards (llmctl/token_data.py)
+    pipeline.py  `tokenize encode`'s loop: dedup, split, EOS-separated shards (llmctl/data/token_data.py)
     encode.py    `tokenize encode`: checks, temp dir, publish
     stats.py     `tokenize stats` / `tokenize show`
 

@@ -42,8 +42,8 @@ def _estimated_bytes(paths: list[Path]) -> int:
 
 def _check_request(config: dict, inputs: list, output: Path | None, name: str | None, force: bool):
     """(registry reservation or None, checked input paths): settings, name, --output and inputs, before any work."""
+    from llmctl.models.registry import Registry
     from llmctl.paths import check_output_path
-    from llmctl.registry import Registry
 
     ecfg, ccfg = config["encode"], config["curation"]
     val_fraction = ecfg["val_fraction"]
@@ -68,7 +68,7 @@ def _worker_state(ref: TokenizerRef, ccfg: dict) -> dict:
     """What every worker needs: the tokenizer as JSON, the curation settings, the decontaminator."""
     decon = None
     if ccfg["decontaminate"]["files"]:
-        from llmctl.curation import Decontaminator
+        from llmctl.data.curation import Decontaminator
 
         decon = Decontaminator.from_files(
             [Path(f).expanduser() for f in ccfg["decontaminate"]["files"]], n=ccfg["decontaminate"]["ngram"]
@@ -94,8 +94,8 @@ def _publish(
     command: str,
 ) -> Path:
     """Run fill into a temp dir, rename it into place (--output or the registry) and register it."""
+    from llmctl.models.registry import ModelEntry
     from llmctl.paths import atomic_dir
-    from llmctl.registry import ModelEntry
 
     parents = [ref.name] if ref.name else []
     if output is not None:
@@ -151,8 +151,8 @@ def encode_corpus(
     Examples:
         encode_corpus("shakespeare-bpe", ["input.txt"], config, output=Path("data/sh"))
     """
-    from llmctl.profiles import save_config
-    from llmctl.token_data import file_sha256, read_index, write_index
+    from llmctl.config.profiles import save_config
+    from llmctl.data.token_data import file_sha256, read_index, write_index
     from llmctl.tokenize.pipeline import Encoder
 
     reservation, paths = _check_request(config, inputs, output, name, force)

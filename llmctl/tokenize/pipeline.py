@@ -3,7 +3,7 @@
 The main process reads documents (reader.py), drops exact duplicates, hands chunks to workers
 (workers.py: quality, decontamination, PII, MinHash, tokenization), then decides near-duplicates and
 the train/val split of each kept document in input order, and appends its tokens plus EOS to the
-split's ShardWriter (llmctl/token_data.py). At most two chunks per worker are in flight, so memory
+split's ShardWriter (llmctl/data/token_data.py). At most two chunks per worker are in flight, so memory
 stays bounded however large the input is.
 
 Examples:
@@ -53,8 +53,8 @@ class Encoder:
         config: dict,
         on_progress: Callable[[int, int, int], None] | None,
     ):
-        from llmctl.curation import ExactDedup, NearDedup
-        from llmctl.token_data import ShardWriter, dtype_for_vocab
+        from llmctl.data.curation import ExactDedup, NearDedup
+        from llmctl.data.token_data import ShardWriter, dtype_for_vocab
 
         self.ecfg, self.icfg, self.ccfg = config["encode"], config["input"], config["curation"]
         self.ref, self.state, self.on_progress = ref, state, on_progress
@@ -102,7 +102,7 @@ class Encoder:
 
     def _prefilter(self, work: Iterator[list[str]]) -> Iterator[tuple[list[str], list[bytes]]]:
         """Exact dedup first, in the main process (cheap, and duplicates never reach the workers)."""
-        from llmctl.curation import doc_key
+        from llmctl.data.curation import doc_key
 
         for chunk in work:
             self.totals["docs_read"] += len(chunk)

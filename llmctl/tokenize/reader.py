@@ -1,4 +1,4 @@
-"""Documents for tokenizing: the --input files as a stream of non-empty texts (on top of llmctl/records.py).
+"""Documents for tokenizing: the --input files as a stream of non-empty texts (on top of llmctl/data/records.py).
 
 Plain text is split into documents by --doc-split (blank-line, line or file); .jsonl/.json/.parquet rows
 give the string in --text-field. Files stream in blocks, so memory stays bounded however large they are.
@@ -15,15 +15,15 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from llmctl.data.records import DataFile, json_type
 from llmctl.errors import UsageError
-from llmctl.records import DataFile, json_type
 
 DOC_SPLITS = ("blank-line", "line", "file")
 _BLANK_LINES = re.compile(r"\n(?:[^\S\n]*\n)+")  # a line end followed by whitespace-only lines
 
 
 def input_file(path, text_field: str = "text", block_bytes: int = 1 << 20) -> DataFile:
-    """An --input file as llmctl/records.py reads it (messages name it 'input … ; check the --input path')."""
+    """An --input file as llmctl/data/records.py reads it (messages name it 'input … ; check the --input path')."""
     return DataFile(
         path, what="input", option="--input", fmt="auto", example=f'{{"{text_field}": "…"}}', block_bytes=block_bytes
     )

@@ -65,8 +65,8 @@ def _has_tokenizer_files(folder: Path) -> bool:
 
 def _recorded_tokenizer(spec: str, data_dir: Path) -> tuple[str | None, Path]:
     """The tokenizer a data dir was encoded with: its recorded folder, else its registry name."""
-    from llmctl.registry import Registry
-    from llmctl.token_data import INDEX, read_index
+    from llmctl.data.token_data import INDEX, read_index
+    from llmctl.models.registry import Registry
 
     rec = read_index(data_dir)["tokenizer"]
     name, folder = rec.get("name"), Path(rec["path"])
@@ -86,9 +86,9 @@ def tokenizer_folder(spec: str) -> tuple[str | None, Path]:
         tokenizer_folder("tok/tokenizer.json")         # (None, Path("/abs/tok"))
         tokenizer_folder("data/shakespeare")           # the tokenizer recorded in its index.json
     """
-    from llmctl.registry import Registry
-    from llmctl.resolve import resolve_model
-    from llmctl.token_data import is_data_dir
+    from llmctl.data.token_data import is_data_dir
+    from llmctl.models.registry import Registry
+    from llmctl.models.resolve import resolve_model
 
     path = Path(spec).expanduser()
     if path.is_file():

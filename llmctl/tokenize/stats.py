@@ -33,7 +33,7 @@ def _data_dir_counts(dirs: list[Path], vocab: int):
     """Token counts, document lengths (EOS separators left out) and text bytes of encoded data dirs, all splits."""
     import numpy as np
 
-    from llmctl.token_data import TokenData
+    from llmctl.data.token_data import TokenData
 
     counts = np.zeros(vocab, dtype=np.int64)
     lens: list = []
@@ -101,7 +101,7 @@ def _top_tokens(ref: TokenizerRef, counts, top_k: int, tokens: int) -> list[dict
 
 def _inputs_and_tokenizer(tokenizer: str | None, inputs: list) -> tuple[list[Path], str]:
     """(encoded data dirs, or [] for text files; the tokenizer spec): data dirs default to their own tokenizer."""
-    from llmctl.token_data import is_data_dir
+    from llmctl.data.token_data import is_data_dir
 
     if not inputs:
         raise UsageError("no input files", hint="pass --input FILE (repeatable)")
@@ -217,7 +217,7 @@ def data_dir_text(path: Path, max_tokens: int) -> str:
     """
     import numpy as np
 
-    from llmctl.token_data import TokenData
+    from llmctl.data.token_data import TokenData
 
     data = TokenData(path)
     ref = load_tokenizer_spec(str(path))

@@ -111,8 +111,8 @@ class TrainResult:
 
 def _check_destination(name: str | None, output: Path | None, force: bool, vocab: int):
     """The registry reservation (when naming) after checking --output is writable: before any training."""
+    from llmctl.models.registry import Registry
     from llmctl.paths import check_output_path
-    from llmctl.registry import Registry
 
     if name is None and output is None:
         raise UsageError("say where the tokenizer goes", hint="pass --name NAME (registry) and/or --output DIR")
@@ -146,9 +146,9 @@ def _publish(
     fast, config: dict, reservation, name: str | None, output: Path | None, force: bool, command: str, meta: dict
 ) -> Path:
     """Save the tokenizer atomically to --output and/or a registry folder; register it under name."""
+    from llmctl.config.profiles import save_config
+    from llmctl.models.registry import ModelEntry
     from llmctl.paths import atomic_dir
-    from llmctl.profiles import save_config
-    from llmctl.registry import ModelEntry
 
     def fill(folder: Path) -> None:
         fast.save_pretrained(str(folder))

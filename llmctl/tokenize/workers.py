@@ -24,7 +24,7 @@ def init_worker(state: dict, threads: bool) -> None:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
     from tokenizers import Tokenizer
 
-    from llmctl.curation import QualityFilter
+    from llmctl.data.curation import QualityFilter
 
     _W.clear()
     _W["tok"] = Tokenizer.from_str(state["tokenizer_json"])
@@ -39,7 +39,7 @@ def init_worker(state: dict, threads: bool) -> None:
 
 def _curate(texts: list[str]) -> tuple[list[str | None], list[str], Counter, int]:
     """(status per document: None kept or "step:reason", kept texts (PII redacted), PII counts, redacted docs)."""
-    from llmctl.curation import redact_pii
+    from llmctl.data.curation import redact_pii
 
     quality, decon, pii = _W["quality"], _W["decon"], _W["pii"]
     status: list[str | None] = []
@@ -73,7 +73,7 @@ def process_chunk(texts: list[str]) -> dict:
     """
     import numpy as np
 
-    from llmctl.curation import minhash_signature
+    from llmctl.data.curation import minhash_signature
 
     status, kept, pii_counts, pii_docs = _curate(texts)
     near = _W["near"]

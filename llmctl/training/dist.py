@@ -100,7 +100,7 @@ def init_dist(config: dict, device: str) -> Dist:
 
 def pick_device(device: str) -> str:
     """The device of this process: `--device`, with cuda meaning this rank's GPU under torchrun."""
-    from llmctl.loading import pick_device as pick
+    from llmctl.models.loading import pick_device as pick
 
     dev = pick(device)
     if dev == "cuda" and in_torchrun():

@@ -42,7 +42,7 @@ def steppable(model) -> bool:
 
 def create(resolved, options: BackendOptions) -> Backend:
     """The hf backend for a resolved model: the batching loop where the model allows it, else generate."""
-    from llmctl.loading import load_model
+    from llmctl.models.loading import load_model
 
     loaded = load_model(
         resolved, dtype=options.dtype, device=options.device, adapter=options.adapter, rope=options.rope

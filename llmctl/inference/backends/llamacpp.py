@@ -16,9 +16,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from llmctl.default_model import ALIASES, gguf_path
 from llmctl.errors import LlmctlError
 from llmctl.inference.backends.base import Backend, BackendOptions, Sequence, TokenOut
+from llmctl.models.default import ALIASES, gguf_path
 
 
 def require_llamacpp() -> None:
@@ -114,7 +114,7 @@ class LlamaCppBackend(Backend):
     def __init__(self, gguf: Path, resolved, options: BackendOptions):
         from llama_cpp import Llama
 
-        from llmctl.quiet import stdout_to_stderr
+        from llmctl.runtime.quiet import stdout_to_stderr
 
         super().__init__()
         threads = options.threads or len(os.sched_getaffinity(0))
@@ -178,7 +178,7 @@ def _hf_template(resolved) -> str | None:
     config = folder / "tokenizer_config.json"
     if not config.is_file():
         return None
-    from llmctl.formats.hf import read_json
+    from llmctl.models.formats.hf import read_json
 
     template = read_json(config, "tokenizer config").get("chat_template")
     return template if isinstance(template, str) else None

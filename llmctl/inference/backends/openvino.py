@@ -19,10 +19,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from llmctl import formats
 from llmctl.errors import LlmctlError
 from llmctl.inference.backends.base import Backend, BackendOptions, HfCodec, Sequence, ThreadedOneAtATime, TokenOut
 from llmctl.inference.sampling import SamplingParams
+from llmctl.models import formats
 
 
 def require_genai() -> None:
@@ -42,7 +42,7 @@ def child_name(name: str, bits: int) -> str:
 
 def cached_conversion(resolved, bits: int = 8):
     """The registry entry of a still valid OpenVINO conversion of resolved (None when there is none)."""
-    from llmctl.registry import Registry
+    from llmctl.models.registry import Registry
 
     if resolved.entry is None:
         return None
@@ -69,9 +69,9 @@ def ir_folder(resolved, options: BackendOptions) -> str:
 
 def convert(resolved, bits: int, say=None):
     """Export a registry model to OpenVINO IR with NNCF int8/int4 weights and register it as its child."""
-    from llmctl.loading import load_model
+    from llmctl.models.loading import load_model
+    from llmctl.models.registry import ModelEntry, Registry
     from llmctl.quantize.openvino import openvino_compress
-    from llmctl.registry import ModelEntry, Registry
 
     fmt = formats.get(resolved.format)
     if resolved.entry is None:
@@ -136,8 +136,8 @@ def convert(resolved, bits: int, say=None):
 def _codec_and_context(folder: str, options: BackendOptions) -> tuple[HfCodec, int]:
     from transformers import AutoConfig, GenerationConfig
 
-    from llmctl.formats.hf import load_tokenizer
     from llmctl.inference.backends.hf import model_context
+    from llmctl.models.formats.hf import load_tokenizer
 
     gen = GenerationConfig.from_pretrained(folder) if (Path(folder) / "generation_config.json").is_file() else None
     codec = HfCodec(load_tokenizer(folder), gen)

@@ -51,7 +51,7 @@ class VllmBackend(Backend):
         from transformers import GenerationConfig
         from vllm import EngineArgs, LLMEngine
 
-        from llmctl.formats.hf import load_tokenizer
+        from llmctl.models.formats.hf import load_tokenizer
 
         super().__init__()
         args = EngineArgs(

@@ -1,0 +1,10 @@
+"""`python -m llmctl …`: the same entry point as the `llmctl` console script.
+
+Examples:
+    python -m llmctl models list
+"""
+
+from llmctl.cli.main import run
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,1 @@
+"""Configuration: the schema engine (fields, rules, `--set` parsing) and profile loading."""

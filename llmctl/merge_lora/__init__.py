@@ -1,0 +1,1 @@
+"""`llmctl merge-lora`: fold a LoRA adapter into its base model."""

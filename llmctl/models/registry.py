@@ -1,0 +1,390 @@
+"""The model registry: names → artifacts on disk, with lineage and metrics.
+
+An SQLite index (`$LLMCTL_HOME/registry.db`) plus one folder per model under
+`$LLMCTL_HOME/models/<name>`. Every write is one transaction; folders are written to a temp
+dir and renamed into place, so parallel processes never see or leave half an entry. Every command
+that creates an entry goes through one path: `reserve` (before any work: the name is valid and free)
+then `publish` (marker, rename, register, in one step; the staging dir is removed if anything fails).
+
+Examples:
+    reg = Registry()
+    res = reg.reserve("my-model", force=False)       # refused now, not after an hour of training
+    with res.staging() as tmp:                        # a temp dir beside the final folder
+        model.save_pretrained(tmp)
+        entry = res.publish(ModelEntry(name="my-model", format="hf", path=""), tmp)
+    reg.get("my-model").parents
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import os
+import re
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from llmctl.errors import LlmctlError
+from llmctl.models import formats
+from llmctl.paths import delete_path, kill_point, llmctl_home, remove_stale_temps
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    name     TEXT PRIMARY KEY,
+    format   TEXT NOT NULL,
+    path     TEXT NOT NULL,
+    created  REAL NOT NULL,
+    parents  TEXT NOT NULL DEFAULT '[]',   -- JSON list of registry names
+    command  TEXT NOT NULL DEFAULT '',     -- the command line that produced it
+    profile  TEXT NOT NULL DEFAULT '{}',   -- JSON: the resolved config of that run
+    metrics  TEXT NOT NULL DEFAULT '{}',   -- JSON: {"task.metric": value, ...}
+    meta     TEXT NOT NULL DEFAULT '{}',   -- JSON: format-specific facts (bits, sizes, ...)
+    managed  INTEGER NOT NULL DEFAULT 1    -- 1 when the folder lives under LLMCTL_HOME/models
+);
+"""
+
+
+@dataclass
+class ModelEntry:
+    """One registry entry.
+
+    Examples:
+        ModelEntry(name="tiny", format="hf", path="/x/tiny", parents=["base"])
+    """
+
+    name: str
+    format: str
+    path: str
+    created: float = field(default_factory=time.time)
+    parents: list[str] = field(default_factory=list)
+    command: str = ""
+    profile: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    managed: bool = True
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def validate_name(name: str) -> str:
+    """Return name if it is a valid registry name, else raise a clear error.
+
+    Examples:
+        validate_name("smol-lora")   # ok
+        validate_name("../x")        # LlmctlError
+    """
+    if not name or "/" in name or "\\" in name or ".." in name or not _NAME_RE.match(name):
+        raise LlmctlError(
+            f"invalid model name {name!r}",
+            hint="use letters, digits, '.', '_', '+' or '-' (no '/' or '..'), at most 128 characters",
+        )
+    return name
+
+
+class Registry:
+    """Access to the registry under LLMCTL_HOME.
+
+    Examples:
+        Registry().list()
+    """
+
+    def __init__(self, home: Path | None = None):
+        self.home = Path(home) if home else llmctl_home()
+        self.models_root = self.home / "models"
+        try:
+            self.models_root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LlmctlError(
+                f"cannot create {self.models_root} ({exc.strerror or exc})",
+                hint="set LLMCTL_HOME to a folder you can write to",
+            ) from exc
+        self.db_path = self.home / "registry.db"
+        with self._connect() as con:
+            con.executescript(_SCHEMA)
+
+    def damaged(self, what: str) -> LlmctlError:
+        return LlmctlError(
+            f"the registry index {self.db_path} is damaged ({what})",
+            hint="run `llmctl models doctor --fix`: it keeps the damaged file as a backup and "
+            "rebuilds the index from the model folders",
+        )
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves so writers serialize
+        # instead of failing with "database is locked"; timeout in seconds.
+        try:
+            con = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise LlmctlError(
+                f"cannot open registry {self.db_path}: {exc}", hint="check LLMCTL_HOME is a writable folder"
+            ) from exc
+        try:
+            yield con
+        except sqlite3.DatabaseError as exc:
+            text = str(exc)
+            if "not a database" in text or "malformed" in text or "no such table" in text or "no such column" in text:
+                raise self.damaged(text) from exc
+            raise LlmctlError(f"registry {self.db_path}: {text}", hint="retry the command") from exc
+        finally:
+            con.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as con:
+            for attempt in range(50):
+                try:
+                    con.execute("BEGIN IMMEDIATE")
+                    break
+                except sqlite3.OperationalError:
+                    time.sleep(0.05 * (attempt + 1))
+            else:
+                raise LlmctlError(f"registry {self.db_path} stayed locked", hint="retry the command")
+            try:
+                yield con
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+    # ---- reading -------------------------------------------------------------------------
+
+    def _row(self, row: tuple) -> ModelEntry:
+        name, fmt, path, created, parents, command, profile, metrics, meta, managed = row
+        try:
+            return ModelEntry(
+                name,
+                fmt,
+                path,
+                created,
+                json.loads(parents),
+                command,
+                json.loads(profile),
+                json.loads(metrics),
+                json.loads(meta),
+                bool(managed),
+            )
+        except (TypeError, ValueError) as exc:
+            raise self.damaged(f"the row of {name!r} is not valid JSON: {exc}") from exc
+
+    def list(self) -> list[ModelEntry]:
+        """All entries, oldest first."""
+        with self._connect() as con:
+            rows = con.execute("SELECT * FROM models ORDER BY created, name").fetchall()
+        return [self._row(r) for r in rows]
+
+    def find(self, name: str) -> ModelEntry | None:
+        """The entry called name, or None."""
+        with self._connect() as con:
+            row = con.execute("SELECT * FROM models WHERE name = ?", (name,)).fetchone()
+        return self._row(row) if row else None
+
+    def get(self, name: str) -> ModelEntry:
+        """The entry called name; an unknown name is an error listing close matches."""
+        entry = self.find(name)
+        if entry is None:
+            raise self.unknown(name)
+        return entry
+
+    def unknown(self, name: str) -> LlmctlError:
+        names = [e.name for e in self.list()]
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        msg = f"no model named {name!r} in the registry"
+        if close:
+            msg += f" (did you mean: {', '.join(close)}?)"
+        return LlmctlError(msg, hint="see `llmctl models list`, or give a path to a model folder")
+
+    def children(self, name: str) -> list[str]:
+        return [e.name for e in self.list() if name in e.parents]
+
+    # ---- writing -------------------------------------------------------------------------
+
+    def model_dir(self, name: str) -> Path:
+        return self.models_root / validate_name(name)
+
+    def reserve(self, name: str, force: bool = False) -> Reservation:
+        """Claim `name` for a new entry before any work starts: valid, free (or `force`), folder not in the way.
+
+        Examples:
+            res = Registry().reserve("smol-lora", force=False)
+        """
+        validate_name(name)
+        if self.find(name) is not None and not force:
+            raise LlmctlError(
+                f"model {name!r} already exists in the registry",
+                hint="pick another --name or pass --force to replace it",
+            )
+        folder = self.models_root / name
+        if self.find(name) is None and (folder.exists() or folder.is_symlink()) and not force:
+            raise LlmctlError(
+                f"{folder} exists but is not a registry entry (kept from a removed model?)",
+                hint="move it away, pick another --name, or pass --force to replace it",
+            )
+        remove_stale_temp_dirs(self.models_root)
+        return Reservation(self, name, force)
+
+    def add(self, entry: ModelEntry, force: bool = False) -> ModelEntry:
+        """Register an entry whose files stay where they are (not managed by llmctl): reserve, then publish.
+
+        Examples:
+            Registry().add(ModelEntry(name="tok", format="tokenizer", path="/abs/tok", managed=False))
+        """
+        entry.managed = False
+        return self.reserve(entry.name, force).publish(entry)
+
+    def _add(self, entry: ModelEntry, staged: Path | None, force: bool) -> ModelEntry:
+        """Register entry; if staged is given, rename it to the entry's folder in the same lock."""
+        validate_name(entry.name)
+        formats.get(entry.format)
+        final = self.model_dir(entry.name)
+        old: Path | None = None
+        with self._write() as con:
+            row = con.execute("SELECT * FROM models WHERE name = ?", (entry.name,)).fetchone()
+            if row is not None:
+                if not force:
+                    raise LlmctlError(
+                        f"model {entry.name!r} already exists in the registry",
+                        hint="pick another --name or pass --force to replace it",
+                    )
+                con.execute("DELETE FROM models WHERE name = ?", (entry.name,))
+            if staged is not None:
+                if final.exists() or final.is_symlink():
+                    if not force:
+                        raise LlmctlError(
+                            f"{final} exists but is not a registry entry",
+                            hint="move it away, pick another --name, or pass --force to replace it",
+                        )
+                    old = final.with_name(f".{final.name}.old-{os.getpid()}-{time.time_ns()}")
+                    os.replace(final, old)
+                os.replace(staged, final)
+                entry.path = str(final)
+                entry.managed = True
+            con.execute(
+                "INSERT INTO models VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    entry.name,
+                    entry.format,
+                    entry.path,
+                    entry.created,
+                    json.dumps(entry.parents),
+                    entry.command,
+                    json.dumps(entry.profile, default=str),
+                    json.dumps(entry.metrics),
+                    json.dumps(entry.meta, default=str),
+                    int(entry.managed),
+                ),
+            )
+        if old is not None:
+            delete_path(old)
+        return entry
+
+    def remove(self, name: str, delete_files: bool = False) -> tuple[ModelEntry, bool]:
+        """Drop an entry; with delete_files also its folder. Returns (entry, whether files were deleted).
+
+        Only folders llmctl manages are deleted. A managed entry whose folder is a symlink loses the link,
+        never what it points to (that lies outside the registry).
+        """
+        with self._write() as con:
+            row = con.execute("SELECT * FROM models WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise self.unknown(name)
+            entry = self._row(row)
+            con.execute("DELETE FROM models WHERE name = ?", (name,))
+            trash = None
+            target = Path(entry.path)
+            if delete_files and entry.managed and (target.exists() or target.is_symlink()):
+                trash = target.with_name(f".{target.name}.del-{os.getpid()}-{time.time_ns()}")
+                os.replace(target, trash)
+        deleted = False
+        if trash is not None:
+            deleted = not trash.is_symlink()
+            delete_path(trash)
+        return entry, deleted
+
+    def update_metrics(self, name: str, metrics: dict) -> ModelEntry:
+        """Merge metrics ({"task.metric": value}) into an entry (index and folder marker)."""
+        return self._update(name, "metrics", metrics)
+
+    def update_meta(self, name: str, meta: dict) -> ModelEntry:
+        """Merge format-specific facts into an entry's meta (index and folder marker)."""
+        return self._update(name, "meta", meta)
+
+    def _update(self, name: str, column: str, values: dict) -> ModelEntry:
+        with self._write() as con:
+            row = con.execute(f"SELECT {column} FROM models WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise self.unknown(name)
+            merged = {**json.loads(row[0]), **values}
+            con.execute(f"UPDATE models SET {column} = ? WHERE name = ?", (json.dumps(merged, default=str), name))
+        entry = self.get(name)
+        _refresh_marker(entry)
+        return entry
+
+
+class Reservation:
+    """A registry name claimed for a new entry: stage its files, then publish it in one step.
+
+    Examples:
+        res = registry.reserve("tiny-q4")
+        with res.staging() as tmp:
+            save(tmp)
+            res.publish(ModelEntry(name="tiny-q4", format="inc-woq", path=""), tmp)
+    """
+
+    def __init__(self, registry: Registry, name: str, force: bool):
+        self.registry, self.name, self.force = registry, name, force
+
+    @property
+    def path(self) -> Path:
+        """Where the entry's folder will be once published."""
+        return self.registry.model_dir(self.name)
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A temp dir beside the final folder (named with this process's pid); removed unless published."""
+        import tempfile
+
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.name}.tmp-{os.getpid()}-", dir=self.registry.models_root))
+        try:
+            yield tmp
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def publish(self, entry: ModelEntry, staged: Path | None = None, **marker_facts) -> ModelEntry:
+        """Write the folder's marker (format, facts, the entry), rename it into place and register the entry.
+
+        Without `staged` the entry points at a folder llmctl does not manage (entry.path), left untouched.
+        """
+        if entry.name != self.name:
+            raise ValueError(f"reservation is for {self.name!r}, not {entry.name!r}")
+        if staged is not None:
+            entry.path, entry.managed = str(self.path), True
+            formats.write_marker(staged, entry.format, entry.to_json(), **marker_facts)
+            kill_point("publish")
+        return self.registry._add(entry, staged, self.force)
+
+
+def _refresh_marker(entry: ModelEntry) -> None:
+    """Keep a managed folder's marker in step with its index row (so `models doctor` can rebuild the index)."""
+    folder = Path(entry.path)
+    if not entry.managed or not folder.is_dir() or folder.is_symlink():
+        return
+    try:
+        facts = {k: v for k, v in (formats.read_marker(folder) or {}).items() if k not in ("format", "entry")}
+        formats.write_marker(folder, entry.format, entry.to_json(), **facts)
+    except (LlmctlError, OSError):
+        pass  # the index is the source of truth; doctor reports a marker it cannot read
+
+
+def remove_stale_temp_dirs(root: Path) -> list[Path]:
+    """Leftovers of killed writers under models/ (their pid is gone)."""
+    return remove_stale_temps(root)

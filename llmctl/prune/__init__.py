@@ -1,0 +1,1 @@
+"""`llmctl prune`: Wanda, SparseGPT, magnitude and structured pruning."""

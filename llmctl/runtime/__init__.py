@@ -1,0 +1,1 @@
+"""Process-wide runtime settings: quiet libraries, lean imports, thread counts."""
