@@ -259,7 +259,7 @@ def test_bad_requests_get_4xx_json_never_500(server):
     client = server.client()
     status, body = http("POST", url + "/v1/completions", b"{not json", {"Content-Type": "application/json"})
     assert status == 400 and body["error"]["type"] == "invalid_request_error"
-    status, body = http("POST", url + "/v1/chat/completions", b"[1, 2]")
+    status, body = http("POST", url + "/v1/chat/completions", b"[1, 2]", {"Content-Type": "application/json"})
     assert status == 400 and "JSON object" in body["error"]["message"]
     with pytest.raises(openai.NotFoundError) as exc:
         client.completions.create(model="nope", prompt="x", max_tokens=2)
@@ -284,6 +284,96 @@ def test_bad_requests_get_4xx_json_never_500(server):
     assert client.completions.create(model="tiny", prompt="still alive", max_tokens=2).choices  # server still up
     _, text = http("GET", url + "/metrics")
     assert not re.search(r'llmctl_requests_total\{[^}]*status="5\d\d"', text)
+
+
+JSON = {"Content-Type": "application/json"}
+HOSTILE = [  # (endpoint, raw body, headers, status): well-formed requests with values no sampler can take
+    ("completions", {"prompt": "x", "temperature": 1e-300}, JSON, 400),
+    ("completions", {"prompt": "x", "temperature": 1e-40, "max_tokens": 2}, JSON, 400),
+    ("completions", {"prompt": "x", "repetition_penalty": 1e-300}, JSON, 400),
+    ("completions", {"prompt": "x", "repetition_penalty": 1e300}, JSON, 400),
+    ("completions", {"prompt": "x", "seed": 1e30}, JSON, 400),
+    ("completions", {"prompt": "x", "seed": -1}, JSON, 400),
+    ("completions", {"prompt": "x", "seed": 2**64}, JSON, 400),
+    ("completions", {"prompt": "x", "top_k": 2**64}, JSON, 400),
+    ("completions", {"prompt": "x", "top_k": 100_000}, JSON, 400),  # over the tiny vocabulary
+    ("completions", {"prompt": [10**6]}, JSON, 400),  # a token id past the embedding rows
+    ("completions", b'{"prompt": "\\ud800 half a pair"}', JSON, 400),
+    ("chat/completions", b'{"messages": [{"role": "user", "content": "\\udfff"}]}', JSON, 400),
+    ("completions", b'{"prompt": "x", "max_tokens": ' + b"9" * 5000 + b"}", JSON, 400),
+    ("completions", {"prompt": "x", "max_tokens": 2}, {"Content-Type": "text/plain"}, 415),  # a page's CSRF POST
+    ("completions", {"prompt": "x", "max_tokens": 2}, {"Content-Type": "application/x-www-form-urlencoded"}, 415),
+]
+
+
+def test_hostile_requests_fail_alone_and_leave_a_greedy_answer_unchanged(server):
+    """Each hostile request is a 4xx for itself; a greedy request decoding beside them gives its text alone."""
+    client = server.client()
+
+    def greedy():
+        return client.completions.create(model="tiny", prompt="Paris is", max_tokens=48, temperature=0).choices[0].text
+
+    alone = greedy()
+    with ThreadPoolExecutor(4) as pool:
+        normal = pool.submit(greedy)
+        for endpoint, body, headers, want in HOSTILE:
+            raw = body if isinstance(body, bytes) else json.dumps({"model": "tiny", **body}).encode()
+            status, answer = http("POST", f"{server.url}/v1/{endpoint}", raw, headers)
+            assert status == want, (body if not isinstance(body, bytes) else body[:60], status, answer)
+            assert set(answer["error"]) == {"message", "type", "param", "code"}
+        assert normal.result() == alone
+    status, health = http("GET", server.url + "/health")
+    assert status == 200 and health["status"] == "ok"
+    _, text = http("GET", server.url + "/metrics")
+    assert not re.search(r'llmctl_requests_total\{[^}]*status="5\d\d"', text)
+
+
+def test_engine_fails_one_sequence_whose_sampling_raises_and_keeps_the_batch(tiny_model, monkeypatch):
+    """A row whose sampling raises (a backend fault) ends that answer alone; the batch's greedy row is unchanged."""
+    from llmctl.inference import backends
+    from llmctl.inference.backends import hf
+    from llmctl.inference.backends.base import BackendOptions
+    from llmctl.inference.engine import Engine
+    from llmctl.inference.sampling import SamplingParams
+    from llmctl.models.resolve import resolve_model
+
+    backend = backends.create("hf", resolve_model(tiny_model), BackendOptions(max_batch=2, device="cpu"))
+    engine = Engine(backend, max_concurrency=2).start()
+
+    def run(params_list):
+        chunks = {i: [] for i in range(len(params_list))}
+        open_answers, done = [len(params_list)], threading.Event()
+        for i, params in enumerate(params_list):
+
+            def sink(chunk, i=i):  # called on the engine's thread: never block here
+                chunks[i].append(chunk)
+                if chunk.finish_reason:
+                    open_answers[0] -= 1
+                    if open_answers[0] == 0:
+                        done.set()
+
+            engine.submit(backend.codec.encode("The capital"), params, 1, sink)
+        assert done.wait(120)
+        return chunks
+
+    try:
+        greedy = SamplingParams(max_tokens=12, temperature=0)
+        (alone,) = run([greedy]).values()
+        real = hf.pick_token
+
+        def faulty(logits, params, *rest):
+            if params.seed == 666 and params.temperature == 1.0:
+                raise RuntimeError("probability tensor contains inf")
+            return real(logits, params, *rest)
+
+        monkeypatch.setattr(hf, "pick_token", faulty)
+        together = run([greedy, SamplingParams(max_tokens=12, temperature=1.0, seed=666)])
+        assert "".join(c.text for c in together[0]) == "".join(c.text for c in alone)
+        assert together[0][-1].finish_reason in ("length", "stop") and together[0][-1].error is None
+        assert together[1][-1].finish_reason == "error" and "inf" in together[1][-1].error
+        assert engine.alive() and engine.running() == 0
+    finally:
+        engine.stop()
 
 
 # ---- auth, shutdown, disconnects ------------------------------------------------------------------------

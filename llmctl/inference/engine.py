@@ -151,6 +151,8 @@ class Engine:
     # ---- the worker thread ------------------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        """Step the backend until stopped. Nothing a request does ends this thread: a request's failure in
+        add/step/delivery ends that request's answers (or, for a failed batched step, the running ones)."""
         while True:
             with self._lock:
                 while not self._stopping and not self._waiting and not self._running:
@@ -158,23 +160,40 @@ class Engine:
                 if self._stopping:
                     break
                 admitted = self._admit()
-            for answer in admitted:
-                self.backend.add(answer.seq)
-            self._drop_cancelled()
             try:
-                outs = self.backend.step()
-            except Exception as exc:  # a failed step ends the answers it was working on, not the server
-                log.exception("backend %s step failed", self.backend.name)
+                self._step(admitted)
+            except Exception as exc:  # a bug between steps: end what was running, keep serving
+                log.exception("engine step on backend %s failed", self.backend.name)
                 self._fail_running(f"{type(exc).__name__}: {exc}")
-                continue
-            if not outs:
-                time.sleep(0.001)  # a backend waiting on its own worker: do not spin
-            self._deliver(outs)
         with self._lock:
             waiting, self._waiting = list(self._waiting), collections.deque()
         for answer in waiting:
             self._emit(answer, Chunk(answer.index, "", finish_reason="error", error="the server stopped"))
         self._fail_running("the server stopped before this answer was finished")
+
+    def _step(self, admitted: list[_Answer]) -> None:
+        for answer in admitted:
+            try:
+                self.backend.add(answer.seq)
+            except Exception as exc:  # e.g. a value this backend cannot take: that answer alone fails
+                log.exception("backend %s refused a sequence", self.backend.name)
+                self._fail(answer, f"{type(exc).__name__}: {exc}")
+        self._drop_cancelled()
+        if not self._running:
+            return
+        try:
+            outs = self.backend.step()
+        except Exception as exc:  # a failed batched step ends the answers it was working on, not the server
+            log.exception("backend %s step failed", self.backend.name)
+            self._fail_running(f"{type(exc).__name__}: {exc}")
+            return
+        if not outs:
+            time.sleep(0.001)  # a backend waiting on its own worker: do not spin
+        self._deliver(outs)
+
+    def alive(self) -> bool:
+        """Whether the worker thread runs (False before start and after it ended)."""
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
 
     def _admit(self) -> list[_Answer]:
         admitted = []
@@ -189,14 +208,24 @@ class Engine:
     def _drop_cancelled(self) -> None:
         for seq_id, answer in list(self._running.items()):
             if answer.request.cancelled:
-                self.backend.abort(seq_id)
+                self._abort(seq_id)
                 del self._running[seq_id]
 
-    def _fail_running(self, message: str) -> None:
-        for seq_id, answer in list(self._running.items()):
+    def _abort(self, seq_id: int) -> None:
+        try:
             self.backend.abort(seq_id)
-            del self._running[seq_id]
-            self._emit(answer, Chunk(answer.index, "", finish_reason="error", error=message))
+        except Exception:  # freeing a slot must not stop the engine; the backend logs its own state
+            log.exception("backend %s could not abort sequence %s", self.backend.name, seq_id)
+
+    def _fail(self, answer: _Answer, message: str) -> None:
+        """End one answer with an error (its request sees a server error); the others go on."""
+        self._running.pop(answer.seq.id, None)
+        self._abort(answer.seq.id)
+        self._emit(answer, Chunk(answer.index, "", finish_reason="error", error=message))
+
+    def _fail_running(self, message: str) -> None:
+        for answer in list(self._running.values()):
+            self._fail(answer, message)
 
     def _deliver(self, outs: list[TokenOut]) -> None:
         touched: dict[int, _Answer] = {}
@@ -204,6 +233,10 @@ class Engine:
         for out in outs:
             answer = self._running.get(out.seq_id)
             if answer is None or out.seq_id in ended:
+                continue
+            if out.error is not None:
+                self._fail(answer, out.error)
+                touched.pop(out.seq_id, None)
                 continue
             touched[out.seq_id] = answer
             if out.token is not None:
@@ -240,7 +273,7 @@ class Engine:
         else:
             piece = text[answer.sent :]
             self._running.pop(answer.seq.id, None)
-            self.backend.abort(answer.seq.id)
+            self._abort(answer.seq.id)
         answer.sent += len(piece)
         chunk = Chunk(answer.index, piece, answer.new_tokens, answer.logprobs, finish, len(answer.ids))
         answer.new_tokens, answer.logprobs = [], []

@@ -31,7 +31,7 @@ from llmctl.inference.prompts import chat_text, has_chat_template
 from llmctl.inference.sampling import SamplingParams
 from llmctl.serve import responses as R
 from llmctl.serve.metrics import Metrics
-from llmctl.serve.protocol import ApiError, ChatRequest, CompletionRequest, error_body, parse
+from llmctl.serve.protocol import ApiError, ChatRequest, CompletionRequest, error_body, lone_surrogate, parse
 
 log = logging.getLogger("llmctl.serve")
 _ENDPOINTS = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/health", "/metrics")
@@ -124,7 +124,19 @@ class SSEResponse(StreamingResponse):
 
 
 async def read_json(request: Request, limit: int):
-    """The request body as JSON; over `limit` bytes is a 413, malformed JSON a 400."""
+    """The request body as JSON; over `limit` bytes is a 413, malformed JSON a 400, another media type a 415.
+
+    Only application/json (or a +json type) is read: a web page can send text/plain, form data or an untyped
+    body to 127.0.0.1 without the browser asking the server first (a CORS "simple request"), and a server that
+    read those as JSON would run any page's request (CSRF).
+    """
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise ApiError(
+            415,
+            f"the request body must be JSON with the header Content-Type: application/json (got {media or 'none'})",
+            code="unsupported_media_type",
+        )
     size, parts = 0, []
     async for part in request.stream():
         size += len(part)
@@ -132,9 +144,13 @@ async def read_json(request: Request, limit: int):
             raise ApiError(413, f"the request body is over {limit} bytes")
         parts.append(part)
     try:
-        return json.loads(b"".join(parts))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        data = json.loads(b"".join(parts))
+    except (ValueError, RecursionError) as exc:  # ValueError: bad JSON, bad UTF-8, or an int of > 4,300 digits
         raise ApiError(400, f"the request body is not valid JSON ({str(exc).splitlines()[0][:200]})") from None
+    where = lone_surrogate(data)
+    if where:
+        raise ApiError(400, f"{where}: holds a lone UTF-16 surrogate, which is not text", param=where.split(".")[0])
+    return data
 
 
 class Server:
@@ -171,6 +187,9 @@ class Server:
                 param="max_tokens" if max_tokens else "messages",
                 code="context_length_exceeded",
             )
+        vocab = served.engine.backend.codec.vocab_size
+        if req.top_k and req.top_k > vocab:
+            raise ApiError(400, f"top_k: must be at most the vocabulary size {vocab}, got {req.top_k}", param="top_k")
         if logprobs is not None and not served.engine.backend.logprobs:
             raise ApiError(400, f"the {served.backend} backend does not return logprobs", param="logprobs")
         return SamplingParams(
@@ -189,6 +208,11 @@ class Server:
     # ---- routes --------------------------------------------------------------------------------------------
 
     async def health(self, request: Request) -> Response:
+        """200 while every model's engine runs; 503 naming the models whose engine thread has ended."""
+        dead = [name for name, m in self.models.items() if not m.engine.alive()]
+        if dead:
+            body = {"status": "unavailable", "models": list(self.models), "failed": dead}
+            return JSONResponse(body, status_code=503)
         return JSONResponse({"status": "ok", "models": list(self.models)})
 
     async def metrics_text(self, request: Request) -> Response:

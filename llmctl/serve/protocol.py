@@ -40,6 +40,13 @@ def error_body(message: str, type: str, param: str | None = None, code: str | No
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+# Sampling divides float32 logits (|logit| up to ~1e3) by the temperature and by/with the repetition penalty:
+# a temperature of 1e-300 is 0 in float32 and 1e-40 overflows to inf, and either makes every probability NaN.
+# Below 1e-5 sampling is greedy in all but name (vLLM's _SAMPLING_EPS is the same 1e-5): 0 asks for that.
+MIN_TEMPERATURE = 1e-5
+MAX_TOP_K = 2**31 - 1  # a C int: llama.cpp's top_k; OpenVINO's is size_t (2**64 overflowed it)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
@@ -53,17 +60,17 @@ class _Sampling(_Strict):
 
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)  # and 0 or >= MIN_TEMPERATURE (check_values)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=0)  # extension (vLLM, llama.cpp have it)
+    top_k: int | None = Field(None, ge=0, le=MAX_TOP_K)  # extension (vLLM, llama.cpp have it); <= vocab: app
     n: int = Field(1, ge=1, le=64)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, lt=2**63)  # torch generators and OpenVINO's size_t seed both take it
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    repetition_penalty: float = Field(1.0, gt=0.0)  # extension (vLLM has it)
+    repetition_penalty: float = Field(1.0, ge=0.01, le=100.0)  # extension (vLLM has it); bounded: see below
     user: str | None = None
 
     def stops(self) -> list[str]:
@@ -129,6 +136,24 @@ _UNIONS = {
 }
 
 
+def lone_surrogate(value, path: str = "") -> str | None:
+    """The path of the first string holding half a UTF-16 pair (JSON's "\\ud800"), which is no text at all."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "body"
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = lone_surrogate(
+            item, f"{path}.{key}" if path and isinstance(key, str) else f"{path}[{key}]" if path else str(key)
+        )
+        if found:
+            return found
+    return None
+
+
 def parse(model: type[BaseModel], data) -> BaseModel:
     """Validate a decoded JSON body against a request model; the first problem becomes a 400 naming the field."""
     if not isinstance(data, dict):
@@ -142,6 +167,12 @@ def parse(model: type[BaseModel], data) -> BaseModel:
         if len(loc) > 1 and not loc[1].isdigit() and param in _UNIONS:  # a union: name what the field takes
             raise ApiError(400, f"{param}: must be {_UNIONS[param]}", param=param) from None
         raise ApiError(400, f"{'.'.join(loc) or 'body'}: {first['msg']}", param=param) from None
+    if req.temperature is not None and 0 < req.temperature < MIN_TEMPERATURE:
+        raise ApiError(
+            400,
+            f"temperature: must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got {req.temperature:g}",
+            param="temperature",
+        )
     if isinstance(req, CompletionRequest):
         if req.echo:
             raise ApiError(400, "echo is not supported", param="echo")

@@ -50,13 +50,18 @@ class Sequence:
 
 @dataclass
 class TokenOut:
-    """One new token of a sequence; finished is "stop"/"length" when the backend ended it itself."""
+    """One new token of a sequence; finished is "stop"/"length" when the backend ended it itself.
+
+    error: set (with token None) when this sequence alone failed, e.g. its sampling raised; the engine ends that
+    answer with the error and the batch's other sequences go on.
+    """
 
     seq_id: int
     token: int | None
     logprob: float | None = None
     top: list[tuple[int, float]] = field(default_factory=list)
     finished: str | None = None
+    error: str | None = None
 
 
 class Backend:

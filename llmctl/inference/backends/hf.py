@@ -14,11 +14,14 @@ Examples:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from llmctl.inference.backends.base import Backend, BackendOptions, HfCodec, Sequence, ThreadedOneAtATime, TokenOut
 from llmctl.inference.sampling import pick_token, top_logprobs
+
+log = logging.getLogger("llmctl.serve")
 
 
 def model_context(config, default: int = 2048) -> int:
@@ -156,6 +159,14 @@ class HfBackend(Backend):
         return results
 
     def _sample(self, row: _Row, logits) -> TokenOut:
+        """The row's next token; a failure of this row's sampling fails this row alone (the engine aborts it)."""
+        try:
+            return self._sample_row(row, logits)
+        except Exception as exc:  # the other rows of the batch were sampled (or will be) on their own
+            log.exception("sampling sequence %s failed", row.seq.id)
+            return TokenOut(row.seq.id, None, error=f"sampling failed: {type(exc).__name__}: {exc}")
+
+    def _sample_row(self, row: _Row, logits) -> TokenOut:
         params = row.seq.params
         token = pick_token(logits, params, row.counts, row.seen, row.generator)
         row.counts[token] += 1
