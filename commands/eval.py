@@ -205,12 +205,17 @@ def eval_(
     if config["log_samples"] and output is None:
         raise UsageError("--log-samples needs --output (samples are written beside it)")
     if output is not None:  # before the model loads: a bad path must not cost the whole evaluation
-        check_output_path(output, force, what="--output")
+        check_output_path(output, force, what="--output", folder=False)
+        sides = [output.with_name(output.name + ".config.yaml")]  # side files follow --output's --force rule
+        if config["log_samples"]:
+            sides += [output.with_name(f"{output.stem}.samples_{task}.jsonl") for task in task_list]
+        for side in sides:
+            check_output_path(side, force, what="--output's side file", folder=False)
     heatmap = plot or (output.with_name(output.stem + ".passkey.png") if output is not None else None)
     if plot is not None:
         if "passkey" not in task_list:
             raise UsageError("--plot draws the passkey heat-map; add passkey to --tasks")
-        check_output_path(plot, force, what="--plot")
+        check_output_path(plot, force, what="--plot", folder=False)
     with err.status("Evaluating …") as status:
         result = run_eval(
             model,
@@ -334,7 +339,7 @@ def compare_cmd(
     config = resolve(ctx, "eval", OPTIONS)
     task_list = parse_tasks(config["tasks"])
     if plot is not None:
-        check_output_path(plot, force, what="--plot")
+        check_output_path(plot, force, what="--plot", folder=False)
     with err.status("Evaluating …") as status:
         table = compare(
             models,

@@ -140,7 +140,8 @@ def generate(
     if prompt is not None and input_file is not None:
         raise _usage("give either --prompt or --input, not both")
     if output is not None:  # before the model loads: a bad path must not cost the whole generation
-        check_output_path(output, force, what="--output")
+        check_output_path(output, force, what="--output", folder=False)
+        check_output_path(output.with_name(output.name + ".config.yaml"), force, what="--output's config", folder=False)
     if input_file is not None:
         items = read_prompts_jsonl(input_file)
     elif prompt is not None:

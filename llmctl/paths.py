@@ -57,11 +57,70 @@ def ensure_new(path: Path, force: bool, what: str = "output") -> None:
         raise LlmctlError(f"{what} {path} already exists", hint="pick another name or pass --force")
 
 
-def check_output_path(path: Path, force: bool = False, what: str = "output", need_bytes: int = 0) -> Path:
+# Every folder llmctl writes as a command's output carries this file, so that `--force` can tell a folder llmctl
+# made (and may replace) from one of the user's (which it never deletes). Registry entries carry their own marker.
+OUTPUT_MARKER = ".llmctl-output"
+ENTRY_MARKER = "llmctl-entry.json"
+
+
+def mark_output(folder: Path) -> None:
+    """Write llmctl's output marker into a folder about to be put in place."""
+    (Path(folder) / OUTPUT_MARKER).write_text("written by llmctl; `--force` may replace this folder\n")
+
+
+def check_replaceable(
+    path: Path, what: str = "output", folder: bool | None = None, outside_registry: bool = True
+) -> None:
+    """Refuse, with one line, to replace an existing path that llmctl did not write (the `--force` rule).
+
+    Replaceable: a folder holding llmctl's output marker or a registry entry's marker, an empty folder, a single
+    file (when a file or either is being written), a symbolic link (only the link goes). Never: `/`, the user's
+    home folder, LLMCTL_HOME, a folder that holds it, or anything inside its models/ and runs/ (the registry's).
+    folder: True when a folder is being written, False for a file, None when either may be. outside_registry:
+    the path is a user's output, so the registry's folders are refused too (atomic_dir's own writes there pass False).
+
+    Examples:
+        check_replaceable(Path("exports/q8"), "--output", folder=True)
+    """
+    path = Path(path).expanduser()
+    real, home = path.resolve(), llmctl_home(create=False).resolve()
+    in_registry = any(real.is_relative_to(home / part) for part in ("models", "runs"))
+    if outside_registry and in_registry:  # new or old: the registry's space
+        raise LlmctlError(
+            f"{what} {path} is inside llmctl's registry ({home}): outputs never go there",
+            hint="pick a path outside LLMCTL_HOME (`llmctl models remove` deletes entries)",
+        )
+    if path.is_symlink() or not path.exists() or (in_registry and not outside_registry):
+        return  # nothing there, a link (only it goes), or llmctl's own space (checkpoints in runs/)
+    fix = "pick a new path, or remove it yourself first"
+    protected = {Path("/"), Path.home().resolve()}
+    if real in protected or home.is_relative_to(real):
+        kind = "LLMCTL_HOME or a folder holding it" if home.is_relative_to(real) else "a home or root folder"
+        raise LlmctlError(f"{what} {path} is {kind}: --force never replaces it", hint=fix)
+    if path.is_dir():
+        if (path / OUTPUT_MARKER).is_file() or (path / ENTRY_MARKER).is_file() or not any(path.iterdir()):
+            return
+        raise LlmctlError(
+            f"{what} {path} is a folder llmctl did not write: --force replaces only llmctl's outputs", hint=fix
+        )
+    if folder:
+        raise LlmctlError(f"{what} {path} is a file, and a folder would replace it", hint=fix)
+
+
+def check_output_path(
+    path: Path,
+    force: bool = False,
+    what: str = "output",
+    need_bytes: int = 0,
+    folder: bool | None = None,
+    registry: bool = False,
+) -> Path:
     """Check before any work starts that `path` can be written: refuse what would fail only at the save.
 
     The parent must exist (or be creatable) as a folder and be writable, nothing that is not a folder may
-    stand in the way, an existing path needs `force`, and the file system must have `need_bytes` free.
+    stand in the way, an existing path needs `force` and must be one llmctl may replace (check_replaceable),
+    and the file system must have `need_bytes` free. registry: the path is a reserved registry folder (the
+    reservation decides what it may replace).
 
     Examples:
         check_output_path(Path("out.jsonl"), force=False)
@@ -70,6 +129,8 @@ def check_output_path(path: Path, force: bool = False, what: str = "output", nee
     path = Path(path).expanduser()
     if path.exists() and not force:
         raise LlmctlError(f"{what} {path} already exists", hint="pick another path or pass --force")
+    if not registry:
+        check_replaceable(path, what, folder)
     parent = path.parent
     probe = parent
     while not probe.exists():  # the first existing ancestor is where the folders would be created
@@ -165,9 +226,11 @@ def atomic_dir(dest: Path, force: bool = False, point: str = "staged") -> Iterat
     try:
         yield tmp
         kill_point(point)
+        mark_output(tmp)
         if dest.exists() or dest.is_symlink():
             if not force:
                 raise LlmctlError(f"{dest} already exists", hint="pick another name or pass --force")
+            check_replaceable(dest, "output", folder=True, outside_registry=False)
             old = Path(tempfile.mkdtemp(prefix=temp_prefix(dest, "old"), dir=dest.parent))
             os.replace(dest, old / "x")
             os.replace(tmp, dest)

@@ -40,7 +40,7 @@ def write_lora_gguf(
         raise LlmctlError(
             f"GGUF type {qtype!r} is not offered for LoRA adapters", hint=f"use one of: {', '.join(LORA_GGUF_TYPES)}"
         )
-    out_path = check_output_path(Path(out_path), force=force, what="output")
+    out_path = check_output_path(Path(out_path), force=force, what="output", folder=False)
     arch = _architecture(base_config)
     settings = _adapter_settings(Path(adapter_dir))
     pairs = _lora_pairs(Path(adapter_dir), arch, base_config)

@@ -55,12 +55,14 @@ def write_gguf(
     """
     start = time.perf_counter()
     qtype = _check_type(qtype)
-    out_path = check_output_path(Path(out_path), force=force, what="output")
+    out_path = check_output_path(Path(out_path), force=force, what="output", folder=False)
     model, tokenizer = _load(model, tokenizer)
     config = model.config
     arch = _architecture(config)
     n_weights = sum(p.numel() for p in model.parameters())
-    check_output_path(out_path, force=force, what="output", need_bytes=int(n_weights * _BYTES_PER_WEIGHT[qtype]))
+    check_output_path(
+        out_path, force=force, what="output", need_bytes=int(n_weights * _BYTES_PER_WEIGHT[qtype]), folder=False
+    )
     vocab = gguf_vocab(tokenizer, vocab_size=config.vocab_size, chat_template=chat_template, config=config)
     if add_bos is not None:
         vocab.add_bos = add_bos

@@ -43,7 +43,7 @@ def write_ollama(
     gguf_path = Path(gguf_path)
     if not gguf_path.is_file():
         raise LlmctlError(f"GGUF file {gguf_path} does not exist", hint="write the GGUF file first")
-    out_dir = check_output_path(Path(out_dir), force=force, what="output folder")
+    out_dir = check_output_path(Path(out_dir), force=force, what="output folder", folder=True)
     if template in (None, "model"):
         family = detect_family(tokenizer)
     elif template in FAMILIES:

@@ -26,7 +26,14 @@ from typing import Any
 
 from llmctl.errors import GateFailed, LlmctlError, UsageError
 from llmctl.export import targets
-from llmctl.paths import check_output_path, delete_path, remove_stale_temps, temp_prefix
+from llmctl.paths import (
+    check_output_path,
+    check_replaceable,
+    delete_path,
+    mark_output,
+    remove_stale_temps,
+    temp_prefix,
+)
 
 
 def _call(spec: str, *args):
@@ -223,7 +230,7 @@ def _output_path(output: str | None, target: targets.Target, file_name: str, for
     path = Path(output).expanduser()
     if target.output == "file" and (path.is_dir() or output.endswith(("/", os.sep))):
         path = path / file_name  # a folder given for a file: the file goes inside it
-    return check_output_path(path, force=force, what="output")
+    return check_output_path(path, force=force, what="output", folder=target.output != "file")
 
 
 def _file_name(label: str, job: Job) -> str:
@@ -245,7 +252,10 @@ def _place(artifact: Path, dest: Path, move: bool) -> None:
             shutil.copytree(artifact, tmp)
         else:
             shutil.copy2(artifact, tmp)
+        if tmp.is_dir():
+            mark_output(tmp)
         if dest.exists() or dest.is_symlink():
+            check_replaceable(dest, "output", folder=tmp.is_dir())
             old = dest.parent / f"{temp_prefix(dest, 'old')}{os.urandom(4).hex()}"
             os.replace(dest, old)
             os.replace(tmp, dest)
@@ -371,6 +381,10 @@ def _run_check(job: Job, artifact: Path, out_path: Path | None) -> list[dict]:
     except GateFailed as exc:
         if out_path is not None:
             failed = out_path.with_name(out_path.name + ".failed")
+            for k in range(2, 1000):  # an earlier failed export stays: never overwritten
+                if not (failed.exists() or failed.is_symlink()):
+                    break
+                failed = out_path.with_name(f"{out_path.name}.failed.{k}")
             _place(artifact, failed, move=True)
             exc.message += f" (kept as {failed}; nothing registered)"
         else:

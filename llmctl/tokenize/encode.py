@@ -55,9 +55,9 @@ def _check_request(config: dict, inputs: list, output: Path | None, name: str | 
     paths = resolve_inputs(inputs)
     need = _estimated_bytes(paths)
     if output is not None:
-        check_output_path(Path(output), force, what="output dir", need_bytes=need)
+        check_output_path(Path(output), force, what="output dir", need_bytes=need, folder=True)
     else:
-        check_output_path(reservation.path, True, what="registry folder", need_bytes=need)
+        check_output_path(reservation.path, True, what="registry folder", need_bytes=need, registry=True)
     for kind in ccfg["pii"]["kinds"]:
         if kind not in PII_KINDS:
             raise LlmctlError(f"unknown PII kind {kind!r}", hint=f"use {', '.join(PII_KINDS)}")

@@ -118,7 +118,9 @@ def _check_destination(name: str | None, output: Path | None, force: bool, vocab
         raise UsageError("say where the tokenizer goes", hint="pass --name NAME (registry) and/or --output DIR")
     reservation = Registry().reserve(name, force) if name is not None else None
     if output is not None:
-        check_output_path(Path(output), force, what="output folder", need_bytes=_FIXED_BYTES + vocab * _BYTES_PER_PIECE)
+        check_output_path(
+            Path(output), force, what="output folder", need_bytes=_FIXED_BYTES + vocab * _BYTES_PER_PIECE, folder=True
+        )
     return reservation
 
 
