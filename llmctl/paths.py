@@ -85,6 +85,8 @@ def check_replaceable(
     path = Path(path).expanduser()
     real, home = path.resolve(), llmctl_home(create=False).resolve()
     in_registry = any(real.is_relative_to(home / part) for part in ("models", "runs"))
+    if in_registry and any(TEMP_NAME.match(p.name) for p in real.parents):
+        return  # inside a registry entry being staged (`--name`): llmctl's own temp folder
     if outside_registry and in_registry:  # new or old: the registry's space
         raise LlmctlError(
             f"{what} {path} is inside llmctl's registry ({home}): outputs never go there",

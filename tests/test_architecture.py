@@ -71,7 +71,7 @@ def _is_namespace(name: str) -> bool:
 
 
 def layer(name: str) -> int:
-    if name.startswith("llmctl.cli"):
+    if name.startswith("llmctl.cli") or name == "llmctl.__main__":  # `python -m llmctl` is the CLI's entry point
         return 3
     if _is_namespace(name):
         return 0

@@ -166,7 +166,7 @@ def test_gguf_quantized_within_bounds_and_folder_output(cli, tiny_model, tmp_pat
 
 def test_ollama_folder_has_modelfile_and_checks_its_gguf(cli, tiny_model, tmp_path):
     out = _export(cli, "--model", tiny_model, "--format", "ollama", "--type", "f32", "--output", tmp_path / "oll")
-    assert sorted(p.name for p in (tmp_path / "oll").iterdir()) == ["Modelfile", "model.gguf"]
+    assert sorted(p.name for p in (tmp_path / "oll").iterdir()) == [".llmctl-output", "Modelfile", "model.gguf"]
     modelfile = (tmp_path / "oll" / "Modelfile").read_text()
     assert modelfile.startswith("FROM ./model.gguf\nTEMPLATE") and 'PARAMETER stop "<|im_end|>"' in modelfile
     assert out["template"] == "chatml" and out["num_ctx"] == 256

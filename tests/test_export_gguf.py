@@ -348,7 +348,7 @@ def test_ollama_folder_for_chatml(tiny_llama_dir, tmp_path):
     write_gguf(model, tok, gguf_file, "q8_0")
     facts = write_ollama(gguf_file, tok, model.config, tmp_path / "ollama")
     out = tmp_path / "ollama"
-    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "model.gguf"]
+    assert sorted(p.name for p in out.iterdir()) == [".llmctl-output", "Modelfile", "model.gguf"]
     assert (out / "model.gguf").read_bytes() == gguf_file.read_bytes()
     assert (out / "Modelfile").read_text() == (
         "FROM ./model.gguf\n"
