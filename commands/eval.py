@@ -195,6 +195,7 @@ def eval_(
     if all(getattr(ctx.get_parameter_source(p), "name", "DEFAULT") == "DEFAULT" for p in ctx.params):
         typer.echo(ctx.get_help())  # bare `llmctl eval`: show what it can do instead of guessing
         raise typer.Exit(0)
+    from llmctl.config.profiles import side_config_path
     from llmctl.errors import GateFailed, UsageError
     from llmctl.evaluate import parse_gates, parse_tasks, run_eval, write_results
     from llmctl.paths import check_output_path
@@ -206,7 +207,7 @@ def eval_(
         raise UsageError("--log-samples needs --output (samples are written beside it)")
     if output is not None:  # before the model loads: a bad path must not cost the whole evaluation
         check_output_path(output, force, what="--output", folder=False)
-        sides = [output.with_name(output.name + ".config.yaml")]  # side files follow --output's --force rule
+        sides = [side_config_path(output)]  # side files follow --output's --force rule
         if config["log_samples"]:
             sides += [output.with_name(f"{output.stem}.samples_{task}.jsonl") for task in task_list]
         for side in sides:
@@ -238,7 +239,7 @@ def eval_(
         from llmctl.config.profiles import save_config
 
         written = write_results(result, output)
-        save_config(config, output.with_name(output.name + ".config.yaml"), command_line())
+        save_config(config, side_config_path(output), command_line())
         err.print(f"Wrote {', '.join(str(p) for p in written)}")
     for note in result.notes:
         err.print(f"[dim]{note}[/dim]")

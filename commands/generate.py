@@ -131,7 +131,7 @@ def generate(
         llmctl generate -m M --prompt "Once upon" --do-sample --temperature 0.8 --seed 1 --stream
         llmctl generate -m M --input long-prompts.jsonl --rope-scaling dynamic --rope-factor 2
     """
-    from llmctl.config.profiles import save_config
+    from llmctl.config.profiles import save_config, side_config_path
     from llmctl.inference.generate import generate as run_generate
     from llmctl.inference.generate import read_prompts_jsonl, write_results_jsonl
     from llmctl.paths import check_output_path
@@ -141,7 +141,7 @@ def generate(
         raise _usage("give either --prompt or --input, not both")
     if output is not None:  # before the model loads: a bad path must not cost the whole generation
         check_output_path(output, force, what="--output", folder=False)
-        check_output_path(output.with_name(output.name + ".config.yaml"), force, what="--output's config", folder=False)
+        check_output_path(side_config_path(output), force, what="--output's config", folder=False)
     if input_file is not None:
         items = read_prompts_jsonl(input_file)
     elif prompt is not None:
@@ -166,7 +166,7 @@ def generate(
 
     if output is not None:
         write_results_jsonl(result.items, output)
-        save_config(config, output.with_name(output.name + ".config.yaml"), command_line())
+        save_config(config, side_config_path(output), command_line())
         err.print(f"Wrote {len(result.items)} results to {output}")
     if json_out:
         emit_json({"model": result.model, "results": result.items, "stats": result.stats})

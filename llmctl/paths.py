@@ -58,7 +58,8 @@ def ensure_new(path: Path, force: bool, what: str = "output") -> None:
 
 
 # Every folder llmctl writes as a command's output carries this file, so that `--force` can tell a folder llmctl
-# made (and may replace) from one of the user's (which it never deletes). Registry entries carry their own marker.
+# made (and may replace) from one of the user's (which it never deletes). Registry entries carry their own marker,
+# which holds the whole entry (llmctl.models.formats writes and reads it).
 OUTPUT_MARKER = ".llmctl-output"
 ENTRY_MARKER = "llmctl-entry.json"
 

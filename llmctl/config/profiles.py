@@ -348,6 +348,15 @@ def dump_config(config: dict) -> str:
     return yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
 
 
+def side_config_path(output: Path) -> Path:
+    """Where a command saves its resolved config beside a file output: OUT.config.yaml.
+
+    Examples:
+        side_config_path(Path("answers.jsonl"))   # answers.jsonl.config.yaml
+    """
+    return Path(output).with_name(Path(output).name + ".config.yaml")
+
+
 def save_config(config: dict, path: Path, command_line: str = "") -> Path:
     """Write the resolved config beside a run's output (atomically)."""
     from llmctl.paths import atomic_file

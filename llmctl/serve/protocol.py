@@ -60,7 +60,7 @@ class _Sampling(_Strict):
 
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)  # and 0 or >= MIN_TEMPERATURE (check_values)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)  # and 0 or >= MIN_TEMPERATURE (parse)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=0, le=MAX_TOP_K)  # extension (vLLM, llama.cpp have it); <= vocab: app
     n: int = Field(1, ge=1, le=64)
@@ -70,7 +70,7 @@ class _Sampling(_Strict):
     seed: int | None = Field(None, ge=0, lt=2**63)  # torch generators and OpenVINO's size_t seed both take it
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    repetition_penalty: float = Field(1.0, ge=0.01, le=100.0)  # extension (vLLM has it); bounded: see below
+    repetition_penalty: float = Field(1.0, ge=0.01, le=100.0)  # extension (vLLM has it); bounded: see above
     user: str | None = None
 
     def stops(self) -> list[str]:
@@ -136,21 +136,26 @@ _UNIONS = {
 }
 
 
-def lone_surrogate(value, path: str = "") -> str | None:
-    """The path of the first string holding half a UTF-16 pair (JSON's "\\ud800"), which is no text at all."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return path or "body"
-        return None
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, item in items:
-        found = lone_surrogate(
-            item, f"{path}.{key}" if path and isinstance(key, str) else f"{path}[{key}]" if path else str(key)
-        )
-        if found:
-            return found
+def lone_surrogate(value) -> str | None:
+    """The path of the first string holding half a UTF-16 pair (JSON's "\\ud800"), which is no text at all.
+
+    Iterative: a body nested as deep as json.loads allows must not overflow the stack here.
+
+    Examples:
+        lone_surrogate({"messages": [{"content": "\\udfff"}]})   # "messages[0].content"
+    """
+    stack = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return path or "body"
+        elif isinstance(item, dict):
+            stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in reversed(item.items()))
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(item))))
     return None
 
 

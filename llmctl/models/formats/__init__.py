@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from llmctl.errors import LlmctlError, first_line
-
-MARKER = "llmctl-entry.json"
+from llmctl.paths import ENTRY_MARKER as MARKER  # the one spelling; paths' --force rule reads it too
 
 
 @dataclass(frozen=True)
