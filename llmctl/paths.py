@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from llmctl.errors import LlmctlError
+from llmctl.runtime.host import host_id, same_host
 
 
 def llmctl_home(create: bool = True) -> Path:
@@ -156,13 +157,33 @@ def check_output_path(
     return path
 
 
-# Temp and aside names llmctl writes beside a destination carry the writing process's pid, so a later run can
-# tell the leftovers of a killed process (pid gone) from the work of one still running.
-TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old|del|replaced)-(?P<pid>\d+)-")
+# Temp and aside names llmctl writes beside a destination carry the writing process's pid and its host id
+# (llmctl.runtime.host: host name and boot), so a later run can tell the leftovers of a killed process on this
+# host (pid gone) from the work of one still running here or on another machine sharing LLMCTL_HOME. Names
+# without a host id are an older llmctl's (judged by their pid alone, as it did).
+TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old|del|replaced)-(?P<pid>\d+)-(?:h(?P<host>[0-9a-f]{8})-)?")
 
 
 def temp_prefix(dest: Path, kind: str = "tmp") -> str:
-    return f".{Path(dest).name}.{kind}-{os.getpid()}-"
+    """`.NAME.KIND-PID-hHOSTID-`: the prefix of every temp or aside name llmctl writes beside dest.
+
+    Examples:
+        temp_prefix(Path("out/model"))          # ".model.tmp-4242-h3f9a0c1d-"
+    """
+    return f".{Path(dest).name}.{kind}-{os.getpid()}-h{host_id()}-"
+
+
+def is_stale_temp(name: str, dest_name: str | None = None) -> bool:
+    """Whether a file name is a temp/aside name of a dead process of this host (and of dest_name, if given)."""
+    m = TEMP_NAME.match(name)
+    if not m or (dest_name is not None and m["name"] != dest_name):
+        return False
+    if m["host"] is not None and not same_host(m["host"]):
+        return False  # another host's: its pid cannot be checked from here
+    if m["host"] is not None and m["host"] != host_id():
+        return True  # this host, an earlier boot: every pid of that boot is gone
+    pid = int(m["pid"])
+    return pid != os.getpid() and not pid_alive(pid)
 
 
 def pid_alive(pid: int) -> bool:
@@ -188,17 +209,65 @@ def delete_path(path: Path) -> None:
 def remove_stale_temps(folder: Path, name: str | None = None) -> list[Path]:
     """Remove leftovers (`.NAME.tmp-PID-*`, `.old-`, `.del-`, `.replaced-`) in folder whose process is gone.
 
-    With `name`, only those of that destination name.
+    Only this host's: another machine's temp folder (LLMCTL_HOME on NFS) is never touched. With `name`, only
+    those of that destination name.
     """
     removed: list[Path] = []
     if not Path(folder).is_dir():
         return removed
     for path in Path(folder).iterdir():
-        m = TEMP_NAME.match(path.name)
-        if m and (name is None or m["name"] == name) and int(m["pid"]) != os.getpid() and not pid_alive(int(m["pid"])):
+        if is_stale_temp(path.name, name):
             delete_path(path)
             removed.append(path)
     return removed
+
+
+def _fsync_wanted() -> bool:
+    # LLMCTL_FSYNC=0 skips the flushes (scratch disks, tmpfs, benchmarks/durability.py's baseline)
+    return os.environ.get("LLMCTL_FSYNC", "1") not in ("0", "false", "no")
+
+
+def fsync_tree(path: Path) -> None:
+    """Flush a file, or every file and folder under a folder (and the folder itself), to the disk.
+
+    Called before the rename that publishes them: after a power loss a renamed folder must never hold empty or
+    short files that the registry lists as complete (the rename can reach the disk before the data does).
+
+    Examples:
+        fsync_tree(staged); os.replace(staged, final); fsync_dir(final.parent)
+    """
+    if not _fsync_wanted():
+        return
+    path = Path(path)
+    if path.is_symlink():
+        return
+    if path.is_file():
+        _fsync_fd(path, os.O_RDONLY)
+        return
+    for root, dirs, files in os.walk(path):
+        for name in files:
+            if not os.path.islink(os.path.join(root, name)):
+                _fsync_fd(Path(root, name), os.O_RDONLY)
+        for name in dirs:
+            if not os.path.islink(os.path.join(root, name)):
+                _fsync_fd(Path(root, name), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    _fsync_fd(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename into it) to the disk."""
+    if _fsync_wanted():
+        _fsync_fd(Path(folder), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
+def _fsync_fd(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on folders (EINVAL): the files were flushed all the same
+        pass
+    finally:
+        os.close(fd)
 
 
 def kill_point(name: str) -> None:
@@ -230,6 +299,7 @@ def atomic_dir(dest: Path, force: bool = False, point: str = "staged") -> Iterat
         yield tmp
         kill_point(point)
         mark_output(tmp)
+        fsync_tree(tmp)
         if dest.exists() or dest.is_symlink():
             if not force:
                 raise LlmctlError(f"{dest} already exists", hint="pick another name or pass --force")
@@ -237,9 +307,11 @@ def atomic_dir(dest: Path, force: bool = False, point: str = "staged") -> Iterat
             old = Path(tempfile.mkdtemp(prefix=temp_prefix(dest, "old"), dir=dest.parent))
             os.replace(dest, old / "x")
             os.replace(tmp, dest)
+            fsync_dir(dest.parent)
             delete_path(old)
         else:
             os.replace(tmp, dest)
+            fsync_dir(dest.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -262,8 +334,12 @@ def atomic_file(dest: Path, mode: str = "w", encoding: str | None = "utf-8") -> 
         kwargs = {} if "b" in mode else {"encoding": encoding}
         with open(tmp, mode, **kwargs) as fh:
             yield fh
+            fh.flush()
+            if _fsync_wanted():
+                os.fsync(fh.fileno())
         kill_point("staged")
         os.replace(tmp, dest)
+        fsync_dir(dest.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

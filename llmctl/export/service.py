@@ -30,6 +30,8 @@ from llmctl.paths import (
     check_output_path,
     check_replaceable,
     delete_path,
+    fsync_dir,
+    fsync_tree,
     mark_output,
     remove_stale_temps,
     temp_prefix,
@@ -254,14 +256,17 @@ def _place(artifact: Path, dest: Path, move: bool) -> None:
             shutil.copy2(artifact, tmp)
         if tmp.is_dir():
             mark_output(tmp)
+        fsync_tree(tmp)
         if dest.exists() or dest.is_symlink():
             check_replaceable(dest, "output", folder=tmp.is_dir())
             old = dest.parent / f"{temp_prefix(dest, 'old')}{os.urandom(4).hex()}"
             os.replace(dest, old)
             os.replace(tmp, dest)
+            fsync_dir(dest.parent)
             delete_path(old)
         else:
             os.replace(tmp, dest)
+            fsync_dir(dest.parent)
     finally:
         if tmp.exists():
             delete_path(tmp)
