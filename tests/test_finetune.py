@@ -445,6 +445,25 @@ def test_force_replaces_the_old_run_only_once_the_new_one_has_a_checkpoint(
     assert [p.name for p in run.parent.iterdir()] == ["run"]
 
 
+def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_no_run_dir(
+    tiny_model, alpaca_file, llmctl_home, monkeypatch
+):
+    """The same command, mended, runs again without --force (issue 24: a failed GRPO blocked its own retry)."""
+    import llmctl.finetune.loop as loop
+    from llmctl.finetune import finetune
+
+    def crash(self, step):
+        raise RuntimeError("the reward function returned NaN")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop.FinetuneRun, "step_loss", crash)
+        with pytest.raises(RuntimeError):
+            finetune(tiny_model, alpaca_file, "retry", _config(sets=["lora.r=4"]))
+    assert not (llmctl_home / "runs" / "retry").exists()
+    res = finetune(tiny_model, alpaca_file, "retry", _config(sets=["lora.r=4"]))  # no --force needed
+    assert res.steps == 4 and (llmctl_home / "runs" / "retry" / "checkpoints").is_dir()
+
+
 def test_float16_uses_a_gradient_scaler_and_bfloat16_does_not():
     from llmctl.training.precision import Precision
 

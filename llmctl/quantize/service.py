@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmctl.paths import dir_size_mb, weights_size_mb
+from llmctl.paths import dir_size_mb, temp_prefix, weights_size_mb
 from llmctl.quantize.support import (
     CALIB_ALGOS,
     SUPPORTED,
@@ -117,7 +117,7 @@ def _run_openvino(job: _Job, name: str) -> tuple[str, float | None, dict]:
     tokenizer = job.loaded.tokenizer
     texts = [tokenizer.decode(w[0]) for w in job.data.windows] if job.data.windows else None
     job.say(f"exporting to OpenVINO with {job.config['bits']}-bit weight compression")
-    src_root = job.tmp.parent / f".{name}.tmp-{os.getpid()}-src"
+    src_root = job.tmp.parent / f"{temp_prefix(job.tmp.parent / name)}src"
     try:
         openvino_compress(hf_dir_of(job.loaded, src_root), job.tmp, job.config, texts)
     finally:
