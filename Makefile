@@ -37,6 +37,7 @@ BENCH ?= $(sort $(basename $(notdir $(filter-out benchmarks/_%,$(wildcard benchm
 QUICK_align_quality    := --rm-steps 2 --rm-batch 2 --ppo-steps 1 --grpo-steps 1 --math-steps 1 --pref-steps 1 \
                           --heldout 6 --eval-prompts 2 --math-heldout 4 --math-train 8 --max-new-tokens 6 --seq-len 128 \
                           --rollout-batch 2 --num-generations 2 --prompts-per-step 2
+QUICK_durability       := --repeats 1 --kill-runs 2
 QUICK_eval_default     := --hellaswag-limit 20 --arc-limit 20 --ppl-max-tokens 4096 --seqlen 512 --stride 512
 QUICK_eval_speed       := --limit 20
 QUICK_export           := --types q8_0 --prompts 3 --new-tokens 8 --eval-tokens 1024 --gptq-calib 2 --ct-algo rtn --speed-tokens 8

@@ -69,6 +69,10 @@ class LlmctlGroup(TyperGroup):
             what = type(exc).__name__ if text == type(exc).__name__ else f"{type(exc).__name__}: {text}"
             sys.stderr.write(f"Error: {what} (run with --debug for the traceback)\n")
             sys.exit(1)
+        finally:  # a command's name reservations end with it, finished or failed (llmctl/models/locks.py)
+            locks = sys.modules.get("llmctl.models.locks")
+            if locks is not None:
+                locks.release_all()
         if isinstance(rv, int) and rv:
             sys.exit(rv)
         return rv

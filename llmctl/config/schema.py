@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -109,7 +110,10 @@ class Field:
         """Return (value, None) when value fits this field, else (None, what would be right)."""
         if value is None:
             return (None, None) if self.nullable else (None, f"must be {self.type_name()}, not null")
+        raw = value
         value, bad_type = _coerce_type(value, self.type, self.item)
+        if self._non_finite(raw if bad_type else value):
+            return None, self._finite_rule()
         if bad_type:
             return None, f"must be {self.type_name()}, not {bad_type}"
         if self.aliases:
@@ -117,6 +121,20 @@ class Field:
         if not self._fits(value):
             return None, f"must be {self.allowed()}"
         return value, None
+
+    def _non_finite(self, value: Any) -> bool:
+        """Whether a float key (or a float list's item) is inf, -inf or nan: no key means anything by them, and
+        they pass every bound on one side (`--rope-factor inf` is "greater than 1"), to fail later as a crash."""
+        if self.type is float:
+            return _is_non_finite(value)
+        if self.type is list and self.item is float and isinstance(value, list):
+            return any(_is_non_finite(v) for v in value)
+        return False
+
+    def _finite_rule(self) -> str:
+        allowed = self.allowed()
+        what = "finite numbers" if self.type is list else "a finite number"
+        return f"must be {what} ({allowed})" if allowed else f"must be {what}"
 
     def _fits(self, value: Any) -> bool:
         if self.choices is not None:
@@ -133,6 +151,16 @@ class Field:
                 if bound is not None and not ok(value, bound):
                     return False
         return self.check is None or bool(self.check(value))
+
+
+def _is_non_finite(value: Any) -> bool:
+    """inf, -inf or nan: as a number, or as the text a user typed (YAML reads `inf` as text, `.inf` as a float)."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return False
+    return isinstance(value, float) and not math.isfinite(value)
 
 
 def _num(bound: float) -> str:

@@ -4,7 +4,12 @@ Records come canonical from the layout table (llmctl/data/layouts.py): unpaired 
 preference {prompt, chosen, rejected} (KTO reads a pair as one desirable and one undesirable example, as its
 paper does), prompts {prompt, …} with every other field kept for reward rules (`answer` for math_exact).
 
+A pair whose chosen reply equals the rejected one teaches nothing: DPO's and IPO's chosen-minus-rejected margin
+is 0 whatever the policy (a constant loss) and KTO is told one reply is both desirable and undesirable.
+`check_pairs` refuses a file of nothing else and counts them otherwise.
+
 Examples:
+    same = check_pairs(records, Path("pairs.jsonl"))        # refused when every pair is identical
     examples, stats = tokenize_unpaired(records, "kto", tokenizer, "auto", 512)
     items, stats = tokenize_prompts(records, tokenizer, "auto", 256)     # PromptItem(ids, prompt, fields)
     batch = collate_unpaired(examples[:4], pad_id=0)
@@ -39,6 +44,31 @@ class PromptItem:
 
 def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def identical_pairs(records: list[dict]) -> int:
+    """How many preference records have a chosen reply identical to the rejected one.
+
+    Examples:
+        identical_pairs([{"prompt": "p", "chosen": "a", "rejected": "a"}]) == 1
+    """
+    return sum(1 for r in records if isinstance(r.get("chosen"), str) and r.get("chosen") == r.get("rejected"))
+
+
+def check_pairs(records: list[dict], path) -> int:
+    """Refuse preference data in which every pair's chosen reply equals its rejected one; else how many do.
+
+    Examples:
+        check_pairs(records, Path("pairs.jsonl"))      # 0 for ordinary data
+    """
+    same = identical_pairs(records)
+    if records and same == len(records):
+        raise LlmctlError(
+            f"every one of the {same} preference pairs in {path} has chosen identical to rejected: "
+            "a preference objective learns nothing from them",
+            hint="give pairs whose rejected reply differs from the chosen one",
+        )
+    return same
 
 
 def unpaired_records(records: list[dict], kind: str) -> list[dict]:
@@ -79,6 +109,8 @@ def tokenize_unpaired(
     stats.extra.update(
         template=template, desirable=sum(e.label for e in out), undesirable=sum(not e.label for e in out)
     )
+    if kind != "kto":  # each such pair is one reply labelled both desirable and undesirable
+        stats.extra["identical_pairs"] = identical_pairs(records)
     if not out:
         raise LlmctlError(
             f"every example's prompt is longer than the max length {max_len} tokens "

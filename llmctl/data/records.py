@@ -28,6 +28,9 @@ from llmctl.errors import LlmctlError, first_line
 FORMATS = ("auto", "records", "text", "jsonl", "json", "parquet")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 HEAD_BYTES = 1 << 16  # how much of a file check() reads to judge its encoding
+# The longest JSONL line read: one record per line is never near this, but a file with no line ends (a JSON
+# array saved as .jsonl, a binary dump) would otherwise be gathered whole into memory before the first record.
+MAX_LINE_BYTES = 64 << 20
 _BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 _PARQUET_MAGIC = b"PAR1"
@@ -193,23 +196,28 @@ class DataFile:
         text = self._check_bytes(raw, 0, 1)
         return text.removeprefix("\ufeff")
 
-    def blocks(self) -> Iterator[str]:
+    def blocks(self, max_line: int | None = None) -> Iterator[str]:
         """The file as decoded text blocks of whole lines (CR/CRLF → LF), about `block_bytes` each.
 
         Memory stays at about one block however long the file is (a single line longer than a block
-        is kept whole)."""
+        is kept whole, up to `max_line` bytes when given: a longer line is an error naming it)."""
         offset, line = 0, 1
         pending: list[bytes] = []  # bytes after the last line end seen so far
+        held = 0  # their length
         with open(self.path, "rb") as raw:
             while True:
                 block = raw.read(self.block_bytes)
                 if block:
                     cut = block.rfind(b"\n") + 1
+                    if max_line is not None:
+                        self._check_line_length(held + (block.find(b"\n") if cut else len(block)), max_line, line)
                     if cut == 0:
                         pending.append(block)
+                        held += len(block)
                         continue
                     part = b"".join([*pending, block[:cut]])
                     pending = [block[cut:]]
+                    held = len(pending[0])
                 else:
                     part = b"".join(pending)
                 if part:
@@ -223,9 +231,17 @@ class DataFile:
                 if not block:
                     return
 
-    def lines(self) -> Iterator[str]:
-        """The file's lines without their line ends, streamed."""
-        for text in self.blocks():
+    def _check_line_length(self, length: int, max_line: int, line: int) -> None:
+        if length > max_line:
+            raise self.error(
+                f"is longer than {max_line >> 20} MiB with no line end",
+                where=f"line {line}",
+                hint=f"give one JSON object per line (.jsonl), e.g. {self.example}, or a JSON array as .json",
+            )
+
+    def lines(self, max_line: int | None = None) -> Iterator[str]:
+        """The file's lines without their line ends, streamed (a line over `max_line` bytes is an error)."""
+        for text in self.blocks(max_line):
             lines = text.split("\n")
             if lines and lines[-1] == "":
                 lines.pop()
@@ -256,14 +272,14 @@ class DataFile:
             raise self.error("has no records", hint=self._records_hint())
 
     def _jsonl(self) -> Iterator[Record]:
-        for number, line in enumerate(self.lines(), 1):
+        for number, line in enumerate(self.lines(MAX_LINE_BYTES), 1):
             if not line.strip():
                 continue
             try:
                 value = json.loads(line)
-            except json.JSONDecodeError as exc:
+            except (ValueError, RecursionError) as exc:  # JSONDecodeError, deep nesting, a 5000-digit number
                 raise self.error(
-                    f"is not valid JSON ({exc.msg} at column {exc.colno})",
+                    f"is not valid JSON ({_json_problem(exc, column=True)})",
                     where=f"line {number}",
                     hint=f"each line must be one JSON object, e.g. {self.example}",
                 ) from exc
@@ -274,14 +290,12 @@ class DataFile:
         text = "".join(self.blocks())
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            if exc.msg == "Extra data" and exc.lineno > 1:  # one object per line in a .json file: JSONL
-                self.bytes_read = start
+        except (ValueError, RecursionError) as exc:
+            if isinstance(exc, json.JSONDecodeError) and exc.msg == "Extra data" and exc.lineno > 1:
+                self.bytes_read = start  # one object per line in a .json file: JSONL
                 yield from self._jsonl()
                 return
-            raise self.error(
-                f"is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})", hint=self._records_hint()
-            ) from exc
+            raise self.error(f"is not valid JSON ({_json_problem(exc)})", hint=self._records_hint()) from exc
         if isinstance(data, dict):
             yield Record("item", 1, data)
             return
@@ -322,6 +336,17 @@ class DataFile:
             for row in batch.to_pylist():
                 number += 1
                 yield Record("row", number, row)
+
+
+def _json_problem(exc: Exception, column: bool = False) -> str:
+    """What json.loads refused, for a message: "Expecting value at line 1 column 5", "nested too deeply", …
+
+    column=True gives the column only (the caller names the line: one JSONL line was parsed)."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at column {exc.colno}" if column else f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply to read"
+    return first_line(exc).split(";")[0]  # Python's own advice after ";" (set_int_max_str_digits) is not the user's
 
 
 def read_text(path, what: str = "text file", option: str | None = None) -> str:

@@ -23,11 +23,16 @@ import json
 import os
 from pathlib import Path
 
-from llmctl.errors import LlmctlError
+from llmctl.errors import LlmctlError, first_line
 
 FORMAT = "llmctl-tokens/1"
 INDEX = "index.json"
 SHARD_TOKENS = 1 << 26  # 64 Mi tokens per shard: 128 MiB as uint16
+# The largest vocab_size an index may record. Real tokenizers stop near 256 Ki tokens; pretrain sizes the model's
+# embedding by this number, so a damaged index (vocab_size 10**12) must stop here, not as an out-of-memory later.
+MAX_VOCAB = 1 << 24
+_DTYPE_LIMITS = {"uint16": 1 << 16, "uint32": 1 << 32}  # token ids a shard's dtype can hold: vocab_size at most this
+_ITEMSIZE = {"uint16": 2, "uint32": 4}
 
 
 def dtype_for_vocab(vocab_size: int) -> str:
@@ -169,7 +174,8 @@ def is_data_dir(path) -> bool:
 
 
 def read_index(path: Path) -> dict:
-    """The index.json of a data dir, checked: valid UTF-8 JSON, this format, and every key readers use.
+    """The index.json of a data dir, checked: valid UTF-8 JSON, this format, every key readers use, a sane
+    vocab_size, and shard files inside the data dir whose sizes match the token counts recorded.
 
     Examples:
         read_index(Path("data/shakespeare"))["tokenizer"]["path"]
@@ -183,8 +189,13 @@ def read_index(path: Path) -> dict:
         )
     try:
         index = json.loads(index_path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        why = f"{exc.msg} at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, a 5000-digit number, …
+        if isinstance(exc, json.JSONDecodeError):
+            why = f"{exc.msg} at line {exc.lineno}"
+        elif isinstance(exc, UnicodeDecodeError):
+            why = "not UTF-8"
+        else:
+            why = "nested too deeply" if isinstance(exc, RecursionError) else first_line(exc)
         raise LlmctlError(f"{index_path} is damaged (not valid JSON: {why})", hint=_FIX) from exc
     except OSError as exc:
         raise LlmctlError(
@@ -203,13 +214,94 @@ def read_index(path: Path) -> dict:
     _require(index_path, index, "", ("dtype", "tokenizer", "splits"))
     _require(index_path, index["tokenizer"], "tokenizer.", ("path",))
     _require(index_path, index["splits"], "splits.", ())
-    if index["dtype"] not in ("uint16", "uint32"):
+    if index["dtype"] not in ("uint16", "uint32"):  # a tuple: a JSON list or object here must not raise TypeError
         raise LlmctlError(f"{index_path} has dtype {index['dtype']!r}, expected uint16 or uint32", hint=_FIX)
+    _check_vocab(index_path, index["tokenizer"].get("vocab_size"), index["dtype"])
     for split, entry in index["splits"].items():
         _require(index_path, entry, f"splits.{split}.", _SPLIT_KEYS)
-        for number, shard in enumerate(entry["shards"]):
-            _require(index_path, shard, f"splits.{split}.shards[{number}].", ("file", "tokens"))
+        _check_split(index_path, folder, split, entry, index["dtype"])
     return index
+
+
+def _count(index_path: Path, key: str, value, least: int = 0) -> int:
+    """An index number that counts something: a whole number (JSON true/false and 3.5 are not), at least `least`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        what = "a positive whole number" if least else "a whole number of at least 0"
+        raise LlmctlError(f"{index_path} has {key} {json.dumps(value)}, expected {what}", hint=_FIX)
+    return value
+
+
+def _check_vocab(index_path: Path, vocab_size, dtype: str) -> None:
+    """vocab_size (optional) is a positive count no larger than MAX_VOCAB whose ids fit the shards' dtype."""
+    if vocab_size is None:
+        return
+    _count(index_path, "tokenizer.vocab_size", vocab_size, least=1)
+    if vocab_size > MAX_VOCAB:
+        raise LlmctlError(
+            f"{index_path} has tokenizer.vocab_size {vocab_size}, more than any tokenizer has (at most {MAX_VOCAB})",
+            hint=_FIX,
+        )
+    if vocab_size > _DTYPE_LIMITS[dtype]:
+        raise LlmctlError(
+            f"{index_path} has tokenizer.vocab_size {vocab_size} but dtype {dtype}, which holds token ids below "
+            f"{_DTYPE_LIMITS[dtype]} only",
+            hint=_FIX,
+        )
+
+
+def _inside(index_path: Path, folder: Path, key: str, name) -> Path:
+    """The file an index entry names, refused unless it is a relative path that stays inside the data dir.
+
+    Symlinks are resolved first: a shard that links outside the data dir is refused as well."""
+    if not isinstance(name, str) or not name:
+        raise LlmctlError(f"{index_path} has {key} {json.dumps(name)}, expected a file name", hint=_FIX)
+    path = Path(name)
+    if path.is_absolute() or ".." in path.parts:
+        why = "an absolute path" if path.is_absolute() else "a path that leaves the data dir with '..'"
+        raise LlmctlError(
+            f"{index_path} names {key} {name!r}: {why}",
+            hint=f"an index may only name files inside {folder}; {_FIX}",
+        )
+    target = folder / path
+    if not target.resolve().is_relative_to(folder.resolve()):
+        raise LlmctlError(
+            f"{index_path} names {key} {name!r}, a link to {target.resolve()} outside the data dir",
+            hint=f"an index may only name files inside {folder}; {_FIX}",
+        )
+    return target
+
+
+def _check_split(index_path: Path, folder: Path, split: str, entry: dict, dtype: str) -> None:
+    """One split's entry: shard files inside the data dir whose sizes are the token counts the index records."""
+    prefix = f"splits.{split}"
+    total = _count(index_path, f"{prefix}.tokens", entry["tokens"])
+    if not isinstance(entry["shards"], list):
+        raise LlmctlError(f"{index_path} is damaged: {prefix}.shards is not a list", hint=_FIX)
+    _inside(index_path, folder, f"{prefix}.doc_offsets", entry["doc_offsets"])
+    listed = 0
+    for number, shard in enumerate(entry["shards"]):
+        key = f"{prefix}.shards[{number}]"
+        _require(index_path, shard, f"{key}.", ("file", "tokens"))
+        f = _inside(index_path, folder, f"{key}.file", shard["file"])
+        tokens = _count(index_path, f"{key}.tokens", shard["tokens"])
+        if not f.is_file():
+            raise LlmctlError(f"shard {f} listed in {index_path} is missing", hint=_FIX)
+        size, width = f.stat().st_size, _ITEMSIZE[dtype]
+        if size % width:
+            raise LlmctlError(
+                f"shard {f} is {size} bytes, not a whole number of {dtype} tokens ({width} bytes each)",
+                hint=f"the shard is truncated or damaged; {_FIX}",
+            )
+        if size // width != tokens:
+            raise LlmctlError(
+                f"shard {f} holds {size // width} tokens, {index_path} says {tokens} ({key}.tokens)",
+                hint=f"the shard is truncated or not from this index; {_FIX}",
+            )
+        listed += tokens
+    if listed != total:
+        raise LlmctlError(
+            f"{index_path} says {prefix}.tokens is {total}, but its shards hold {listed} tokens", hint=_FIX
+        )
 
 
 def _require(index_path: Path, obj, prefix: str, keys: tuple[str, ...]) -> None:
@@ -259,18 +351,10 @@ class TokenData:
             )
         if split in self._cache:
             return self._cache[split]
-        maps = []
-        for shard in self.index["splits"][split]["shards"]:
-            f = self.dir / shard["file"]
-            if not f.is_file():
-                raise LlmctlError(f"shard {f} listed in the index is missing", hint="re-run `llmctl tokenize encode`")
-            m = np.memmap(f, dtype=np.dtype(self.dtype).newbyteorder("<"), mode="r")
-            if len(m) != shard["tokens"]:
-                raise LlmctlError(
-                    f"shard {f} has {len(m)} tokens, index says {shard['tokens']}",
-                    hint="re-run `llmctl tokenize encode`",
-                )
-            maps.append(m)
+        # read_index checked every shard's path and size; an empty shard cannot be memory-mapped, so it is skipped
+        dtype = np.dtype(self.dtype).newbyteorder("<")
+        shards = [s for s in self.index["splits"][split]["shards"] if s["tokens"]]
+        maps = [np.memmap(self.dir / shard["file"], dtype=dtype, mode="r") for shard in shards]
         arr = maps[0] if len(maps) == 1 else (np.concatenate(maps) if maps else np.zeros(0, dtype=self.dtype))
         self._cache[split] = arr
         return arr
@@ -285,6 +369,4 @@ class TokenData:
         try:
             return np.load(f, allow_pickle=False)
         except (ValueError, OSError) as exc:
-            from llmctl.errors import first_line
-
             raise LlmctlError(f"document offsets {f} are damaged ({first_line(exc)})", hint=_FIX) from exc

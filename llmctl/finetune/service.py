@@ -103,6 +103,7 @@ def _check_rope(base, config: dict, device: str) -> None:
 
 def prepare_data(s: Setup, data: Path, log: Callable[[str], None]) -> None:
     """Read, check, split, tokenize and plan the data for the objective."""
+    from llmctl.data.preferences import check_pairs
     from llmctl.data.sft import read_records, split_eval
 
     config, t = s.config, s.config["train"]
@@ -110,6 +111,8 @@ def prepare_data(s: Setup, data: Path, log: Callable[[str], None]) -> None:
     if config["data"]["max_examples"]:
         records = records[: config["data"]["max_examples"]]
     s.objective.check_data(kind, data)
+    # pairs whose chosen equals rejected carry no preference: all of them is refused, some are counted and said
+    same = check_pairs(records, data) if records and "chosen" in records[0] else 0
     train_recs, eval_recs = split_eval(records, config["data"]["eval_split"])
     template, seq_len = config["data"]["template"], t["seq_len"]
     train_items, stats = s.objective.examples(train_recs, kind, s.tokenizer, template, seq_len)
@@ -123,11 +126,13 @@ def prepare_data(s: Setup, data: Path, log: Callable[[str], None]) -> None:
     s.plan = s.objective.plan(train_items, config, pad_id, packed, t["seed"])
     s.eval_plan = s.objective.plan(eval_items, config, pad_id, packed, t["seed"]) if eval_items else None
     s.data_info = stats.to_dict() | {"format": kind, "eval_examples": len(eval_items), "packed": packed}
+    if same:
+        s.data_info["identical_pairs"] = same
     s.template = stats.extra["template"]
     log(
         f"data: {kind}, {stats.kept} training examples ({stats.truncated} truncated to {seq_len} tokens, "
         f"{stats.dropped_prompt_too_long} dropped with prompts over the max length), {len(eval_items)} held out, "
-        f"template {s.template}"
+        f"template {s.template}" + (f"; {same} pairs have chosen identical to rejected" if same else "")
     )
 
 

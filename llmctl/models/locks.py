@@ -71,7 +71,8 @@ def release_name_lock(path: Path) -> None:
 
 
 @atexit.register
-def _release_all() -> None:
+def release_all() -> None:
+    """Give back every lock this process holds (its command ended: the CLI's error boundary, or process exit)."""
     for path in list(_HELD):
         _HELD[path] = 1
         release_name_lock(path)

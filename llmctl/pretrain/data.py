@@ -43,7 +43,9 @@ def resolve_tokenizer(data, tokenizer: str | None) -> tuple[str | None, Path]:
                 hint=f"drop --tokenizer to use {rec_label}, or re-encode the data with "
                 f"`llmctl tokenize encode --tokenizer {tokenizer}`",
             )
-        if not (want_sha and sha):
+        if want_sha and sha:
+            _check_vocab(data, folder)
+        else:
             from llmctl.models.loading import load_tokenizer
 
             n = len(load_tokenizer(str(folder)))
@@ -70,7 +72,25 @@ def resolve_tokenizer(data, tokenizer: str | None) -> tuple[str | None, Path]:
             f"the tokenizer at {folder} changed since {data.dir} was encoded (sha256 differs)",
             hint="re-encode the data with the current tokenizer, or restore the old one",
         )
+    _check_vocab(data, folder)
     return name, folder
+
+
+def _check_vocab(data, folder: Path) -> None:
+    """The index's vocab_size is the size of the tokenizer it records (counted as `tokenize encode` counts it).
+
+    The tokenizer.json sha256 can match while vocab_size was edited: the model's embedding is sized by it."""
+    from llmctl.tokenize import load_tokenizer_spec
+
+    recorded = data.tokenizer.get("vocab_size")
+    if recorded is None:
+        return
+    n = load_tokenizer_spec(str(folder)).vocab_size
+    if n != recorded:
+        raise LlmctlError(
+            f"{data.dir}/index.json records tokenizer.vocab_size {recorded}, but its tokenizer {folder} has {n} tokens",
+            hint="the index is damaged or the tokenizer changed; re-encode the data with `llmctl tokenize encode`",
+        )
 
 
 def batch_offsets(seed: int, step: int, rollbacks: int, n_tokens: int, seq_len: int, count: int):
