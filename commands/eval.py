@@ -158,6 +158,20 @@ def eval_(
     adapter: Annotated[
         str | None, typer.Option("--adapter", help="PEFT adapter (name or path) on top of the model.")
     ] = None,
+    base_url: Annotated[
+        str | None,
+        typer.Option(
+            "--base-url",
+            help="Score a served model instead (an OpenAI-compatible server: llmctl serve, llama.cpp, vLLM) through "
+            "lm-eval's local-completions; --model gives its tokenizer.",
+        ),
+    ] = None,
+    served_name: Annotated[
+        str | None, typer.Option("--served-name", help="With --base-url: the server's model id (default: its first).")
+    ] = None,
+    tokenizer: Annotated[
+        str | None, typer.Option("--tokenizer", help="With --base-url: tokenizer folder (default: --model's).")
+    ] = None,
     data: PplDataOpt = None,
     seqlen: SeqlenOpt = None,
     stride: StrideOpt = None,
@@ -189,6 +203,7 @@ def eval_(
         llmctl eval compare M1 M2 M3 --tasks hellaswag,perplexity --plot cmp.png        # table + PNG bar chart
         llmctl eval --model M --tasks passkey --context-lengths 4096,8192,16384 --plot passkey.png
         llmctl eval --model M --tasks perplexity --data long.txt --length-buckets 512,2048,8192
+        llmctl eval --model M --base-url http://127.0.0.1:8000 --tasks hellaswag --limit 200   # a served model
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -217,17 +232,37 @@ def eval_(
         if "passkey" not in task_list:
             raise UsageError("--plot draws the passkey heat-map; add passkey to --tasks")
         check_output_path(plot, force, what="--plot", folder=False)
+    if base_url is None and (served_name or tokenizer):
+        raise UsageError("--served-name and --tokenizer go with --base-url", hint="add --base-url URL or drop them")
+    if base_url is not None and adapter:
+        raise UsageError("--adapter loads weights in-process; a served model has its adapter on the server")
     with err.status("Evaluating …") as status:
-        result = run_eval(
-            model,
-            task_list,
-            config,
-            adapter=adapter,
-            gates=gates,
-            command=command_line(),
-            attach=not no_attach,
-            progress=lambda m: status.update(m),
-        )
+        if base_url is not None:
+            from llmctl.evaluate.remote import run_remote_eval
+
+            result = run_remote_eval(
+                base_url,
+                model,
+                task_list,
+                config,
+                served_name=served_name,
+                tokenizer=tokenizer,
+                gates=gates,
+                command=command_line(),
+                attach=not no_attach,
+                progress=lambda m: status.update(m),
+            )
+        else:
+            result = run_eval(
+                model,
+                task_list,
+                config,
+                adapter=adapter,
+                gates=gates,
+                command=command_line(),
+                attach=not no_attach,
+                progress=lambda m: status.update(m),
+            )
     if not result.main:
         return  # a process other than rank 0 under torchrun: rank 0 reports
     if heatmap is not None and "passkey_heatmap" in result.files:

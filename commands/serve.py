@@ -4,6 +4,7 @@ Examples:
     llmctl serve --model smollm2-135m-instruct
     llmctl serve --model smol-alpaca --backend openvino --port 8001 --api-key-env LLMCTL_API_KEY
     llmctl serve --model A --model B --served-name a --served-name b --max-concurrency 8 --json-logs
+    llmctl serve --model smollm2-135m-instruct --host 0.0.0.0 --allowed-host llm.lan --api-key-env LLMCTL_API_KEY
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from llmctl.cli._common import (
     resolve,
     schema_field,
 )
+from llmctl.errors import UsageError
 
 # Option → profile key: every value given here is checked by llmctl/schemas/serve.py.
 OPTIONS = {
@@ -37,6 +39,7 @@ OPTIONS = {
         "max_concurrency",
         "max_model_len",
         "api_key_env",
+        "allowed_hosts",
         "threads",
         "tensor_parallel_size",
         "json_logs",
@@ -65,6 +68,13 @@ def serve(
     api_key_env: Annotated[
         str | None, typer.Option("--api-key-env", help="Environment variable holding the API key (Bearer auth).")
     ] = None,
+    allowed_hosts: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="Host header name to answer besides localhost/127.0.0.1/[::1] (repeatable; DNS-rebinding guard).",
+        ),
+    ] = None,
     served_name: Annotated[
         list[str] | None, typer.Option("--served-name", help="Name clients use for the model (one per --model).")
     ] = None,
@@ -90,5 +100,9 @@ def serve(
     """
     from llmctl.serve.service import serve as run_serve
 
+    hosts = schema_field("serve", "allowed_hosts")
+    for name in allowed_hosts or []:  # one by one, so that the message names the bad one, not the last given
+        if hosts.coerce([name])[1]:
+            raise UsageError(f"--allowed-host {name}: must be {hosts.allowed()}")
     config = resolve(ctx, "serve", OPTIONS)
     run_serve(model or ["smollm2-135m-instruct"], served_name or [], config)

@@ -34,6 +34,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = field(default_factory=tuple)
     logprobs: int | None = None  # None = none; k = the chosen token's logprob and the k most likely
+    logit_bias: tuple[tuple[int, float], ...] = ()  # OpenAI's: (token id, bias added to its logit), bias in ±100
 
     @property
     def greedy(self) -> bool:
@@ -93,6 +94,30 @@ def penalty_processor(prompt_len: int, frequency: float, presence: float):
     return FrequencyPresencePenalty()
 
 
+def apply_logit_bias(scores, bias: tuple[tuple[int, float], ...]):
+    """scores (…, vocab) with each (token, bias) added to that token's logit (OpenAI's logit_bias; -100 bans it)."""
+    if not bias:
+        return scores
+    import torch
+
+    ids = torch.tensor([t for t, _ in bias], device=scores.device)
+    values = torch.tensor([b for _, b in bias], dtype=scores.dtype, device=scores.device)
+    out = scores.clone()
+    out[..., ids] += values
+    return out
+
+
+def logit_bias_processor(bias: tuple[tuple[int, float], ...]):
+    """apply_logit_bias as a transformers LogitsProcessor (the one-at-a-time generate path)."""
+    from transformers import LogitsProcessor
+
+    class LogitBias(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            return apply_logit_bias(scores, bias)
+
+    return LogitBias()
+
+
 def pick_token(logits, params: SamplingParams, counts, seen, generator) -> int:
     """The next token of one sequence from its (vocab,) logits: penalties, then greedy or top-k/top-p sampling.
 
@@ -108,6 +133,7 @@ def pick_token(logits, params: SamplingParams, counts, seen, generator) -> int:
         penalized = torch.where(scores > 0, scores / rp, scores * rp)
         scores = torch.where(seen, penalized, scores)
     scores = apply_penalties(scores, counts, params.frequency_penalty, params.presence_penalty)
+    scores = apply_logit_bias(scores, params.logit_bias)
     if params.greedy:
         return int(torch.argmax(scores))
     scores = (scores / params.temperature).unsqueeze(0)

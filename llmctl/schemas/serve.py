@@ -1,7 +1,12 @@
 """Settings of `llmctl serve`."""
 
+import re
+
 from llmctl.config.schema import Field, Section, device_field, dtype_field
 from llmctl.schemas._rope import ROPE_RULES, rope_section
+
+# a host name or IP address (IPv6 bare or in brackets), an optional :port (ignored): no "*", no scheme, no path
+_HOST = re.compile(r"[A-Za-z0-9_.-]+(:[0-9]*)?|\[[0-9A-Fa-f:.]+\](:[0-9]*)?|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*")
 
 # the backend names of llmctl.inference.backends (kept here as data so the schema imports nothing heavy;
 # tests/test_serve.py checks the two lists agree)
@@ -21,7 +26,37 @@ SCHEMA = Section(
         int, 256, "answer tokens when a request gives no max_tokens (capped by the room left)", ge=1
     ),
     max_request_bytes=Field(int, 1048576, "request bodies over this many bytes get 413", ge=1024),
-    shutdown_grace_s=Field(float, 30.0, "on SIGTERM, seconds in-flight requests get to finish", ge=0.0),
+    shutdown_grace_s=Field(
+        float, 30.0, "on SIGTERM or an engine's failure, seconds in-flight requests get to finish", ge=0.0
+    ),
+    allowed_hosts=Field(
+        list,
+        [],
+        "Host header names answered besides localhost/127.0.0.1/[::1] (browser DNS-rebinding guard); "
+        "bound to a loopback address other names get 403; bound elsewhere the check applies only when names are given",
+        item=str,
+        check=lambda hosts: all(_HOST.fullmatch(h) for h in hosts),
+        rule="host names or IP addresses, e.g. myserver.lan",
+    ),
+    # Node.js's default (16 KiB): API keys and cookies fit many times over; h11 refuses a header block still
+    # arriving past it (400 and a close), the guard one that arrived whole (431)
+    max_header_bytes=Field(int, 16384, "request line + headers at most; larger get 431", ge=1024, le=1048576),
+    # long enough for a 1 MiB body over a slow link (~35 KB/s), short enough that stalled clients free their place
+    read_timeout_s=Field(
+        float, 30.0, "seconds a client has to send a request's headers, and then its body (else 408)", gt=0.0
+    ),
+    # uvicorn's own default: a client that reuses its connection does so at once; idle ones hold a place
+    keep_alive_s=Field(float, 5.0, "seconds an idle keep-alive connection stays open", gt=0.0),
+    # uvicorn's limit_concurrency: a request gets 503 while this many connections are open (its own counted) or
+    # this many requests are in flight; it bounds memory and file descriptors (often 1,024 a process) under a flood
+    max_connections=Field(
+        int,
+        None,
+        "open connections at most, then requests get 503; null = 4 x max_concurrency per model + 64 "
+        "(one per running sequence, room for waiting and idle ones, /health and /metrics)",
+        nullable=True,
+        ge=1,
+    ),
     threads=Field(int, 0, "CPU threads for inference; 0 = the backend's default (llamacpp: every core)", ge=0),
     device=device_field(),
     dtype=dtype_field("auto", "weights dtype (hf, vllm); auto = the checkpoint's own"),

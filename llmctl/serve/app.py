@@ -1,9 +1,10 @@
 """The HTTP app: OpenAI's /v1/models, /v1/completions, /v1/chat/completions, plus /health and /metrics.
 
-Every request passes `Guard` first (Bearer API key with a constant-time compare, body size limit, request
-metrics and one log line); bodies are parsed and validated by `protocol`; answers come from each model's
-`Engine` through an asyncio queue. A streaming client that goes away cancels its request (Starlette cancels
-the stream; the engine frees the slots at its next step); a non-streaming one is noticed by polling.
+Every request passes `Guard` first (guard.py: header size, Host, Bearer API key with a constant-time compare,
+body size limit and read deadline, request metrics and one log line); bodies are parsed and validated by
+`protocol`; answers come from each model's `Engine` through an asyncio queue. A streaming client that goes away
+cancels its request (Starlette cancels the stream, `SSEResponse` closes the job even before its first chunk; the
+engine frees the slots at its next step); a non-streaming one is noticed by polling.
 
 Examples:
     app = build_app([ServedModel("tiny", engine, resolved, "hf", "...")], ServeSettings(api_key="k"))
@@ -13,7 +14,6 @@ Examples:
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import time
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -30,11 +30,12 @@ from llmctl.inference.engine import Engine, QueueFull
 from llmctl.inference.prompts import chat_text, has_chat_template
 from llmctl.inference.sampling import SamplingParams
 from llmctl.serve import responses as R
+from llmctl.serve.echo import echo_prefixes
+from llmctl.serve.guard import Guard
 from llmctl.serve.metrics import Metrics
 from llmctl.serve.protocol import ApiError, ChatRequest, CompletionRequest, error_body, lone_surrogate, parse
 
 log = logging.getLogger("llmctl.serve")
-_ENDPOINTS = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/health", "/metrics")
 
 
 @dataclass
@@ -54,6 +55,9 @@ class ServeSettings:
     api_key: str | None = None
     max_request_bytes: int = 1 << 20
     default_max_tokens: int = 256
+    allowed_hosts: frozenset[str] | None = None  # Host names answered besides loopback ones; None = any (guard.py)
+    max_header_bytes: int = 16384  # request line + headers; more is a 431
+    read_timeout_s: float = 30.0  # seconds a request's body has to arrive; then a 408
 
 
 class _Job:
@@ -65,6 +69,7 @@ class _Job:
         loop = asyncio.get_running_loop()
         self.open = len(prompts) * n
         self.requests = []
+        self.closed = False
         try:
             for k, ids in enumerate(prompts):
 
@@ -97,7 +102,10 @@ class _Job:
             self.served.engine.cancel(req)
 
     def close(self, metrics: Metrics) -> None:
-        """Cancel what is still running and record the requests' metrics."""
+        """Cancel what is still running and record the requests' metrics (once; later calls do nothing)."""
+        if self.closed:
+            return
+        self.closed = True
         cancelled = self.open > 0
         if cancelled:
             self.cancel()
@@ -109,18 +117,27 @@ class _Job:
 
 
 class SSEResponse(StreamingResponse):
-    """A server-sent event stream whose generator is always closed (so a cancelled request is released)."""
+    """A server-sent event stream whose generator is always closed and whose `on_close` always runs.
 
-    def __init__(self, content):
+    The job is submitted before the response starts (so a full queue is still a 503). A client gone before the
+    first chunk cancels the stream before its generator has started, and closing a generator that never started
+    runs none of its code: `on_close` (the job's `close`) is what releases the job then.
+    """
+
+    def __init__(self, content, on_close):
         super().__init__(
             content, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
+        self.on_close = on_close
 
     async def __call__(self, scope, receive, send):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await self.body_iterator.aclose()
+            try:
+                await self.body_iterator.aclose()
+            finally:
+                self.on_close()
 
 
 async def read_json(request: Request, limit: int):
@@ -190,6 +207,9 @@ class Server:
         vocab = served.engine.backend.codec.vocab_size
         if req.top_k and req.top_k > vocab:
             raise ApiError(400, f"top_k: must be at most the vocabulary size {vocab}, got {req.top_k}", param="top_k")
+        bias = req.biases(vocab)
+        if bias and not served.engine.backend.logit_bias:
+            raise ApiError(400, f"the {served.backend} backend does not apply logit_bias", param="logit_bias")
         if logprobs is not None and not served.engine.backend.logprobs:
             raise ApiError(400, f"the {served.backend} backend does not return logprobs", param="logprobs")
         return SamplingParams(
@@ -203,6 +223,7 @@ class Server:
             repetition_penalty=req.repetition_penalty,
             stop=tuple(req.stops()),
             logprobs=logprobs,
+            logit_bias=bias,
         )
 
     # ---- routes --------------------------------------------------------------------------------------------
@@ -243,16 +264,27 @@ class Server:
         req = parse(CompletionRequest, await read_json(request, self.settings.max_request_bytes))
         served = self.pick(req.model)
         codec = served.engine.backend.codec
-        prompts = [codec.encode(p) if isinstance(p, str) else self._check_ids(p, codec) for p in req.prompts()]
+        raw = req.prompts()
+        prompts = [codec.encode(p) if isinstance(p, str) else self._check_ids(p, codec) for p in raw]
         if any(not p for p in prompts):
             raise ApiError(400, "a prompt is empty", param="prompt")
-        params = self.params(served, req, max(len(p) for p in prompts), req.max_tokens, req.logprobs)
-        job = _Job(served, prompts, params, req.n)
+        params = self.params(
+            served, req, max(len(p) for p in prompts), 1 if req.max_tokens == 0 else req.max_tokens, req.logprobs
+        )
+        echoed = await echo_prefixes(served, req, prompts, raw) if req.echo else None
         rid, created = R.new_id("cmpl"), int(time.time())
+        if req.max_tokens == 0:  # echo alone: the prompts scored, nothing generated
+            choices = [R.completion_choice(i, t, "length", lp) for i, (t, lp) in enumerate(echoed)]
+            return JSONResponse(R.completion_object(rid, served.name, created, choices, R.usage(len(prompts[0]), 0)))
+        job = _Job(served, prompts, params, req.n)
         if req.stream:
             include = bool(req.stream_options and req.stream_options.include_usage)
-            return SSEResponse(self._stream_completion(job, req, rid, created, include))
+            return SSEResponse(
+                self._stream_completion(job, req, rid, created, include, echoed), lambda: job.close(self.metrics)
+            )
         texts, finish, lps, tokens = defaultdict(str), {}, {}, 0
+        for i, (text, lp) in enumerate(echoed or []):  # echo: the prompt in front (n is 1 with echo)
+            texts[i], lps[i] = text, lp
         try:
             async for idx, c in job.chunks(request):
                 if c.error:
@@ -269,8 +301,10 @@ class Server:
         choices = [R.completion_choice(i, texts[i], finish.get(i), lps.get(i)) for i in range(len(prompts) * req.n)]
         return JSONResponse(R.completion_object(rid, served.name, created, choices, job.usage(tokens)))
 
-    async def _stream_completion(self, job: _Job, req, rid: str, created: int, include_usage: bool):
+    async def _stream_completion(self, job: _Job, req, rid: str, created: int, include_usage: bool, echoed=None):
         codec, name, tokens = job.served.engine.backend.codec, job.served.name, 0
+        for i, (text, lp) in enumerate(echoed or []):  # echo: each prompt first, then its answer
+            yield R.sse(R.completion_chunk(rid, name, created, R.completion_choice(i, text, None, lp)))
         try:
             async for idx, c in job.chunks():
                 if c.error:
@@ -305,7 +339,7 @@ class Server:
         rid, created = R.new_id("chatcmpl"), int(time.time())
         if req.stream:
             include = bool(req.stream_options and req.stream_options.include_usage)
-            return SSEResponse(self._stream_chat(job, req, rid, created, include))
+            return SSEResponse(self._stream_chat(job, req, rid, created, include), lambda: job.close(self.metrics))
         texts, finish, lps, tokens = defaultdict(str), {}, defaultdict(list), 0
         try:
             async for idx, c in job.chunks(request):
@@ -363,6 +397,12 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
     )
 
 
+async def _gone(request: Request, exc: ClientDisconnect) -> Response:
+    """The client left before its body was read: nobody to answer; 499 (nginx's "client closed request") in the
+    metrics and the log, not a 500 with a traceback."""
+    return Response(status_code=499)
+
+
 async def _crash(request: Request, exc: Exception) -> Response:
     log.exception("request %s %s failed", request.method, request.url.path)
     return JSONResponse(error_body(f"internal error: {type(exc).__name__}", "server_error"), status_code=500)
@@ -380,79 +420,14 @@ def build_app(models: list[ServedModel], settings: ServeSettings):
         Route("/v1/chat/completions", server.chat, methods=["POST"]),
     ]
     app = Starlette(
-        routes=routes, exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _crash}
+        routes=routes,
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            ClientDisconnect: _gone,
+            Exception: _crash,
+        },
     )
     guarded = Guard(app, settings, server.metrics)
     guarded.server = server
     return guarded
-
-
-# Bodies over the limit are read and dropped up to this size before the 413 (beyond it the connection closes).
-_DRAIN_BYTES = 64 << 20
-
-
-async def _drain(receive) -> None:
-    while True:
-        message = await receive()
-        if message["type"] != "http.request" or not message.get("more_body"):
-            return
-
-
-class Guard:
-    """ASGI middleware: API key (401), declared body size (413), one metric and one log line per request."""
-
-    def __init__(self, app, settings: ServeSettings, metrics: Metrics):
-        self.app, self.metrics = app, metrics
-        self.expected = f"Bearer {settings.api_key}".encode() if settings.api_key else None
-        self.limit = settings.max_request_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        started, status = time.perf_counter(), [500]
-
-        async def send_status(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        headers = dict(scope.get("headers") or [])
-        try:
-            if self.expected is not None and not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
-                body = error_body(
-                    "missing or wrong API key: send the header Authorization: Bearer <key>",
-                    "invalid_request_error",
-                    code="invalid_api_key",
-                )
-                return await JSONResponse(body, 401, {"WWW-Authenticate": "Bearer"})(scope, receive, send_status)
-            declared = headers.get(b"content-length", b"0")
-            if not declared.isdigit() or int(declared) > self.limit:
-                if declared.isdigit() and int(declared) <= _DRAIN_BYTES:
-                    await _drain(receive)  # a client still sending would see a reset instead of the 413
-                body = error_body(
-                    f"the request body is over {self.limit} bytes"
-                    if declared.isdigit()
-                    else "bad Content-Length header",
-                    "invalid_request_error",
-                )
-                return await JSONResponse(body, 413 if declared.isdigit() else 400)(scope, receive, send_status)
-            await self.app(scope, receive, send_status)
-        finally:
-            path = scope.get("path", "")
-            endpoint = (
-                path if path in _ENDPOINTS else "/v1/models/{model}" if path.startswith("/v1/models/") else "other"
-            )
-            self.metrics.request(endpoint, status[0])
-            log.info(
-                "%s %s %s %.1f ms",
-                scope.get("method"),
-                path,
-                status[0],
-                1000 * (time.perf_counter() - started),
-                extra={
-                    "method": scope.get("method"),
-                    "path": path,
-                    "status": status[0],
-                    "ms": round(1000 * (time.perf_counter() - started), 1),
-                },
-            )

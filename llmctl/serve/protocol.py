@@ -1,7 +1,7 @@
 """OpenAI's request shapes for completions and chat completions, their validation, and its error shape.
 
 Types are checked strictly (a string where a number belongs is a 400, never coerced); unknown fields are
-ignored, as OpenAI-compatible servers do, except those whose effect llmctl cannot give (tools, echo,
+ignored, as OpenAI-compatible servers do, except those whose effect llmctl cannot give (tools, suffix,
 best_of > n), which are refused. Every problem becomes `ApiError`, rendered as
 `{"error": {"message", "type", "param", "code"}}` with a 4xx status.
 
@@ -71,7 +71,19 @@ class _Sampling(_Strict):
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     repetition_penalty: float = Field(1.0, ge=0.01, le=100.0)  # extension (vLLM has it); bounded: see above
+    logit_bias: dict[str, float] | None = None  # OpenAI's: token id (as a string key) -> bias in [-100, 100]
     user: str | None = None
+
+    def biases(self, vocab: int) -> tuple[tuple[int, float], ...]:
+        """logit_bias as (token id, bias) pairs, each id below vocab and each bias in [-100, 100] (else a 400)."""
+        out = []
+        for key, bias in (self.logit_bias or {}).items():
+            if not key.isdigit() or int(key) >= vocab:
+                raise ApiError(400, f"logit_bias: {key!r} is not a token id below {vocab}", param="logit_bias")
+            if not -100 <= bias <= 100:
+                raise ApiError(400, f"logit_bias: {bias:g} for {key} is outside [-100, 100]", param="logit_bias")
+            out.append((int(key), float(bias)))
+        return tuple(out)
 
     def stops(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -82,6 +94,7 @@ class _Sampling(_Strict):
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(None, ge=0)  # 0 only with echo: score the prompt, generate nothing
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
     suffix: str | None = None
@@ -179,8 +192,10 @@ def parse(model: type[BaseModel], data) -> BaseModel:
             param="temperature",
         )
     if isinstance(req, CompletionRequest):
-        if req.echo:
-            raise ApiError(400, "echo is not supported", param="echo")
+        if req.max_tokens == 0 and not req.echo:
+            raise ApiError(400, "max_tokens: must be at least 1 (0 only with echo)", param="max_tokens")
+        if req.echo and req.n != 1:
+            raise ApiError(400, "echo takes n = 1", param="n")
         if req.suffix:
             raise ApiError(400, "suffix is not supported", param="suffix")
         if req.best_of not in (None, req.n):

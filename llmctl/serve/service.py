@@ -2,7 +2,8 @@
 
 Binds 127.0.0.1 unless told otherwise. SIGTERM (or Ctrl-C) stops accepting connections, lets in-flight
 requests finish for up to `shutdown_grace_s` seconds, stops the engines and returns (exit code 0). Port 0
-picks a free port; the line "listening on http://HOST:PORT" on stderr says which.
+picks a free port; the line "listening on http://HOST:PORT" on stderr says which. If a model's engine thread
+ends while serving, the same shutdown runs and the command fails (exit code 1), so a supervisor restarts it.
 
 Examples:
     serve(["smollm2-135m-instruct"], [], resolve_config("serve"))
@@ -16,6 +17,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -153,8 +155,57 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def uvicorn_config(app, config: dict, n_models: int):
+    """uvicorn's settings: graceful shutdown and the transport limits (see llmctl/schemas/serve.py for why each)."""
+    import uvicorn
+
+    from llmctl.serve.guard import h11_protocol
+
+    return uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=config["shutdown_grace_s"],
+        server_header=False,
+        # h11, never httptools: the header size limit and the header read deadline are h11 settings
+        http=h11_protocol(config["read_timeout_s"]),
+        h11_max_incomplete_event_size=config["max_header_bytes"],
+        timeout_keep_alive=config["keep_alive_s"],
+        limit_concurrency=config["max_connections"] or 4 * config["max_concurrency"] * n_models + 64,
+    )
+
+
+def watch_engines(models: list, server, grace_s: float, done: threading.Event, failed: list[str]) -> None:
+    """Each second: if a model's engine thread has ended while the server is not shutting down, start the graceful
+    shutdown (in-flight requests get `grace_s` seconds) and name the model in `failed` (then `serve` fails).
+
+    `done` is set once the server has stopped, before the engines are stopped on purpose. Should the shutdown
+    hang past the grace time (a backend blocked in a step), the process leaves anyway, 30 s later, with exit code 1.
+    """
+
+    def watch() -> None:
+        while not done.wait(1.0):
+            dead = [m.name for m in models if not m.engine.alive()]
+            if not dead or server.should_exit:
+                continue
+            failed.extend(dead)
+            log.error(
+                "the engine of %s stopped; shutting down (exit code 1) so that a supervisor restarts the server",
+                ", ".join(dead),
+                extra={"event": "engine_failed", "models": dead},
+            )
+            server.should_exit = True
+            if not done.wait(grace_s + 30.0):
+                log.error("shutdown did not end in time; exiting", extra={"event": "forced_exit"})
+                os._exit(1)
+            return
+
+    threading.Thread(target=watch, name="llmctl-engine-watchdog", daemon=True).start()
+
+
 def serve(specs: list[str], names: list[str], config: dict) -> None:
-    """Serve models until SIGTERM/SIGINT; returns after a graceful shutdown.
+    """Serve models until SIGTERM/SIGINT; returns after a graceful shutdown (raises if an engine failed).
 
     Examples:
         serve(["tiny"], [], resolve_config("serve", explicit={"port": 0}))
@@ -162,29 +213,24 @@ def serve(specs: list[str], names: list[str], config: dict) -> None:
     import uvicorn
 
     from llmctl.serve.app import ServeSettings, build_app
+    from llmctl.serve.guard import host_policy
 
     setup_logging(config["json_logs"])
     api_key = api_key_from_env(config["api_key_env"])
     sock = bind(config["host"], config["port"])
     models = load_models(specs, names, config, say=lambda m: log.info(m, extra={"event": "setup"}))
+    done, failed = threading.Event(), []
     try:
+        host, port = sock.getsockname()[:2]
         settings = ServeSettings(
             api_key=api_key,
             max_request_bytes=config["max_request_bytes"],
             default_max_tokens=config["default_max_tokens"],
+            allowed_hosts=host_policy(host, config["allowed_hosts"]),
+            max_header_bytes=config["max_header_bytes"],
+            read_timeout_s=config["read_timeout_s"],
         )
-        app = build_app(models, settings)
-        server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                log_config=None,
-                access_log=False,
-                lifespan="off",
-                timeout_graceful_shutdown=config["shutdown_grace_s"],
-                server_header=False,
-            )
-        )
-        host, port = sock.getsockname()[:2]
+        server = uvicorn.Server(uvicorn_config(build_app(models, settings), config, len(models)))
         url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
         for m in models:
             log.info(
@@ -202,9 +248,17 @@ def serve(specs: list[str], names: list[str], config: dict) -> None:
             )
         log.info("listening on %s", url, extra={"event": "listening", "url": url, "models": [m.name for m in models]})
         _quiet_signals()
+        watch_engines(models, server, config["shutdown_grace_s"], done, failed)
         server.run(sockets=[sock])
+        done.set()
         log.info("stopped", extra={"event": "stopped"})
+        if failed:
+            raise LlmctlError(
+                f"the engine of {', '.join(failed)} stopped while serving (its worker thread ended)",
+                hint="the log above says why; a supervisor should restart the server",
+            )
     finally:
+        done.set()
         for m in models:
             m.engine.stop()
         sock.close()

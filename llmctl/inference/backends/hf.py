@@ -70,6 +70,8 @@ class HfBackend(Backend):
 
     name = "hf"
     logprobs = True
+    prompt_logprobs = True
+    logit_bias = True
 
     def __init__(self, loaded, options: BackendOptions):
         super().__init__()
@@ -177,6 +179,30 @@ class HfBackend(Backend):
             result.logprob, result.top = top_logprobs(logits, token, params.logprobs)
         return result
 
+    def score_prompt(self, ids: list[int], k: int) -> list[tuple[int, float | None, list[tuple[int, float]]]]:
+        """Each prompt token's log-probability given the tokens before it, and the k likeliest there.
+
+        The first token has no context (None, as OpenAI's `echo` gives). One forward over the whole prompt,
+        without a cache, beside the engine's batch (a torch module's forward keeps no state between calls, so
+        the batch's answers are the same with or without it; tested). This is what lm-eval's
+        `local-completions` model reads for log-likelihood tasks (`echo` + `logprobs`, max_tokens 1).
+
+        Examples:
+            backend.score_prompt(codec.encode("The capital of France is Paris"), 1)[-1]   # (id, -1.2, [(id, -1.2)])
+        """
+        import torch
+
+        with torch.inference_mode():
+            x = torch.tensor([ids], device=self.device)
+            logits = self.model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False).logits[0, :-1]
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            chosen = logp.gather(1, x[0, 1:, None]).squeeze(1).tolist()
+            top = torch.topk(logp, k, dim=-1) if k else None
+        alts = [list(zip(i, v)) for i, v in zip(top.indices.tolist(), top.values.tolist())] if top is not None else None
+        return [(ids[0], None, [])] + [
+            (token, lp, alts[i] if alts is not None else []) for i, (token, lp) in enumerate(zip(ids[1:], chosen))
+        ]
+
     def abort(self, seq_id: int) -> None:
         self._pending = [s for s in self._pending if s.id != seq_id]
         keep = [i for i, r in enumerate(self._rows) if r.seq.id != seq_id]
@@ -223,6 +249,7 @@ class HfGenerateBackend(ThreadedOneAtATime):
     """One sequence at a time through `model.generate` (models the batching loop cannot drive)."""
 
     name = "hf"
+    logit_bias = True
 
     def __init__(self, loaded, options: BackendOptions):
         super().__init__()
@@ -237,7 +264,7 @@ class HfGenerateBackend(ThreadedOneAtATime):
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
-        from llmctl.inference.sampling import penalty_processor
+        from llmctl.inference.sampling import logit_bias_processor, penalty_processor
 
         p = seq.params
         state = {"prompt": True, "stop": False}
@@ -276,7 +303,10 @@ class HfGenerateBackend(ThreadedOneAtATime):
                 streamer=Tokens(),
                 stopping_criteria=StoppingCriteriaList([Aborted()]),
                 logits_processor=LogitsProcessorList(
-                    [penalty_processor(ids.shape[1], p.frequency_penalty, p.presence_penalty)]
+                    [
+                        penalty_processor(ids.shape[1], p.frequency_penalty, p.presence_penalty),
+                        logit_bias_processor(p.logit_bias),
+                    ]
                 ),
             )
         return None
