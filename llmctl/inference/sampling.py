@@ -35,6 +35,7 @@ class SamplingParams:
     stop: tuple[str, ...] = field(default_factory=tuple)
     logprobs: int | None = None  # None = none; k = the chosen token's logprob and the k most likely
     logit_bias: tuple[tuple[int, float], ...] = ()  # OpenAI's: (token id, bias added to its logit), bias in ±100
+    grammar: str | None = None  # llguidance grammar the answer must fit (response_format; llmctl.inference.structured)
 
     @property
     def greedy(self) -> bool:

@@ -210,6 +210,7 @@ class Server:
         bias = req.biases(vocab)
         if bias and not served.engine.backend.logit_bias:
             raise ApiError(400, f"the {served.backend} backend does not apply logit_bias", param="logit_bias")
+        grammar = response_grammar(served, req.response_format)
         if logprobs is not None and not served.engine.backend.logprobs:
             raise ApiError(400, f"the {served.backend} backend does not return logprobs", param="logprobs")
         return SamplingParams(
@@ -224,6 +225,7 @@ class Server:
             stop=tuple(req.stops()),
             logprobs=logprobs,
             logit_bias=bias,
+            grammar=grammar,
         )
 
     # ---- routes --------------------------------------------------------------------------------------------
@@ -384,6 +386,24 @@ class Server:
         if any(t < 0 or t >= codec.vocab_size for t in ids):
             raise ApiError(400, f"prompt token ids must be in [0, {codec.vocab_size})", param="prompt")
         return ids
+
+
+def response_grammar(served: ServedModel, fmt) -> str | None:
+    """The grammar a response_format asks for (None for text); a 400 for a schema or backend that cannot."""
+    if fmt is None or fmt.type == "text":
+        return None
+    if not served.engine.backend.structured:
+        raise ApiError(
+            400,
+            f"the {served.backend} backend does not enforce response_format {fmt.type!r}; serve with --backend hf",
+            param="response_format",
+        )
+    from llmctl.inference.structured import json_grammar
+
+    try:
+        return json_grammar(fmt.schema())
+    except ValueError as exc:
+        raise ApiError(400, f"response_format: {exc}", param="response_format") from None
 
 
 async def _api_error(request: Request, exc: ApiError) -> Response:

@@ -55,6 +55,32 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", populate_by_name=True)
+
+    name: str | None = None
+    description: str | None = None
+    schema_: dict = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Strict):
+    """OpenAI's response_format: free text, any JSON object, or JSON fitting a schema (enforced while decoding)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    def schema(self) -> dict | None:
+        """The schema to enforce (None for any JSON object); a 400 when json_schema lacks one."""
+        if self.type != "json_schema":
+            return None
+        if self.json_schema is None or not self.json_schema.schema_:
+            raise ApiError(
+                400, "response_format.json_schema.schema: required for type json_schema", param="response_format"
+            )
+        return self.json_schema.schema_
+
+
 class _Sampling(_Strict):
     """Settings both endpoints share."""
 
@@ -72,6 +98,7 @@ class _Sampling(_Strict):
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     repetition_penalty: float = Field(1.0, ge=0.01, le=100.0)  # extension (vLLM has it); bounded: see above
     logit_bias: dict[str, float] | None = None  # OpenAI's: token id (as a string key) -> bias in [-100, 100]
+    response_format: ResponseFormat | None = None
     user: str | None = None
 
     def biases(self, vocab: int) -> tuple[tuple[int, float], ...]:

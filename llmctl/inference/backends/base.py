@@ -70,13 +70,15 @@ class Backend:
     Attributes: name, codec (text ↔ ids, chat template, eos ids), max_model_len, max_batch, logprobs (whether
     it returns token log-probabilities), prompt_logprobs (whether it scores a prompt's own tokens, for
     `echo` with `logprobs`: then it has `score_prompt(ids, k)`), logit_bias (whether it applies OpenAI's
-    `logit_bias`), info (facts for --stats and /v1/models).
+    `logit_bias`), structured (whether it enforces `SamplingParams.grammar`), info (facts for --stats and
+    /v1/models).
     """
 
     name = "base"
     logprobs = False
     prompt_logprobs = False
     logit_bias = False
+    structured = False
 
     def __init__(self):
         self.codec = None

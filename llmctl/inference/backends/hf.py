@@ -63,6 +63,7 @@ class _Row:
     counts: Any  # (vocab,) float: how often each token occurs in the answer
     seen: Any  # (vocab,) bool: tokens in prompt or answer (repetition penalty)
     generator: Any
+    constraint: Any = None  # llmctl.inference.structured.Constraint when the answer must fit a grammar
 
 
 class HfBackend(Backend):
@@ -72,6 +73,7 @@ class HfBackend(Backend):
     logprobs = True
     prompt_logprobs = True
     logit_bias = True
+    structured = True
 
     def __init__(self, loaded, options: BackendOptions):
         super().__init__()
@@ -80,6 +82,7 @@ class HfBackend(Backend):
         self.max_model_len = options.max_model_len or model_context(self.model.config)
         self.max_batch = options.max_batch
         self._pending: list[Sequence] = []
+        self._ll_tokenizer = None  # llguidance's tokenizer, for structured output (made on first use)
         self._rows: list[_Row] = []
         self._cache = None  # DynamicCache of the running batch, rows in self._rows order
         self._mask = None  # (rows, cached length) long: 0 on left padding
@@ -115,6 +118,10 @@ class HfBackend(Backend):
         seen[ids[0]] = True
         generator = torch.Generator(device=self.device).manual_seed(seq.params.seed or 0)
         row = _Row(seq, 0, len(seq.prompt_ids), torch.zeros(logits.shape[-1], device=self.device), seen, generator)
+        if seq.params.grammar is not None:
+            result = self._constrain(row, seq.params.grammar, logits.shape[-1])
+            if result is not None:
+                return result
         result = self._sample(row, logits)
         self._join(row, out.past_key_values)
         return result
@@ -168,13 +175,31 @@ class HfBackend(Backend):
             log.exception("sampling sequence %s failed", row.seq.id)
             return TokenOut(row.seq.id, None, error=f"sampling failed: {type(exc).__name__}: {exc}")
 
+    def _constrain(self, row: _Row, grammar: str, vocab: int) -> TokenOut | None:
+        """Give the row its grammar matcher; a grammar that fails to start fails this sequence alone."""
+        from llmctl.inference.structured import Constraint, ll_tokenizer
+
+        try:
+            if self._ll_tokenizer is None:  # built once per backend: a pass over the vocabulary
+                self._ll_tokenizer = ll_tokenizer(self.codec.tokenizer, vocab)
+            row.constraint = Constraint(self._ll_tokenizer, grammar, vocab)
+        except Exception as exc:
+            return TokenOut(row.seq.id, None, error=f"structured output failed to start: {exc}")
+        return None
+
     def _sample_row(self, row: _Row, logits) -> TokenOut:
         params = row.seq.params
-        token = pick_token(logits, params, row.counts, row.seen, row.generator)
+        masked = row.constraint.mask(logits) if row.constraint is not None else logits
+        token = pick_token(masked, params, row.counts, row.seen, row.generator)
         row.counts[token] += 1
         row.seen[token] = True
         row.last = token
-        result = TokenOut(row.seq.id, token)
+        finished = None
+        if row.constraint is not None:
+            row.constraint.accept(token)
+            if row.constraint.done and token not in self.codec.eos_ids:
+                finished = "stop"  # the JSON is complete: its end-of-sequence need not be sampled
+        result = TokenOut(row.seq.id, token, finished=finished)
         if params.logprobs is not None:
             result.logprob, result.top = top_logprobs(logits, token, params.logprobs)
         return result
