@@ -111,21 +111,33 @@ def import_(
     ],
     name: Annotated[str | None, typer.Option("--name", "-n", help="Registry name (default: from SRC).")] = None,
     link: Annotated[bool, typer.Option("--link", help="Register the folder in place instead of copying it.")] = False,
+    max_size: Annotated[
+        str,
+        typer.Option(
+            "--max-size",
+            help="Refuse to copy more than this: GiB, or a number with K, M, G or T (500M, 1.5T). "
+            "A .gguf file counts its own size; not checked with --link (nothing is copied).",
+        ),
+    ] = "100G",  # llmctl.models.importer.DEFAULT_MAX_SIZE (not imported here: --help stays fast)
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Import a model into the registry (GGUF files are converted to safetensors once).
 
+    A copied folder must not link outside itself; links inside it are copied as the files they point to.
+
     Examples:
         llmctl models import smollm2-135m-instruct
         llmctl models import ./checkpoints/final --name my-model
+        llmctl models import ./big-model --name big --max-size 300G
         llmctl models import model.Q4_K_M.gguf --name my-gguf
     """
-    from llmctl.models.importer import import_model
+    from llmctl.models.importer import import_model, parse_size
     from llmctl.models.registry import Registry
 
+    max_bytes = parse_size(max_size)
     with err.status(f"Importing {src} …"):
-        entry = import_model(Registry(), src, name, link=link, force=force, command=command_line())
+        entry = import_model(Registry(), src, name, link=link, force=force, command=command_line(), max_bytes=max_bytes)
     if json_out:
         emit_json(entry.to_json())
     else:
@@ -138,18 +150,27 @@ def remove(
     delete_files: Annotated[
         bool, typer.Option("--delete-files", help="Also delete the model's folder (llmctl-managed folders only).")
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="With --delete-files: delete even when other models were derived from it (children)."
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Remove a model from the registry (its files stay unless --delete-files).
 
+    Kept files are marked as removed, so `models doctor --fix` does not register them again.
+
     Examples:
         llmctl models remove old-run --delete-files
+        llmctl models remove base --delete-files --force     # its children keep their own files
     """
     from llmctl.models.registry import Registry
 
     reg = Registry()
     children = reg.children(name)
-    entry, deleted = reg.remove(name, delete_files=delete_files)
+    entry, deleted = reg.remove(name, delete_files=delete_files, protect_children=not force)
     if json_out:
         emit_json({"removed": entry.name, "path": entry.path, "files_deleted": deleted, "children": children})
         return
@@ -163,7 +184,7 @@ def remove(
             f"files it points to (delete those yourself if you mean to)."
         )
     if children:
-        err.print(f"Note: {', '.join(children)} list it as a parent.")
+        err.print(f"Note: {', '.join(children)} list it as a parent (they keep their own files).")
 
 
 @app.command("doctor")
@@ -172,13 +193,14 @@ def doctor(
         bool,
         typer.Option(
             "--fix",
-            help="Back up and rebuild the index from the model folders, rewrite stale markers, "
-            "remove leftovers of killed runs.",
+            help="Repair what the findings name (backing up the index first): drop rows whose folder is gone, "
+            "rewrite stale markers, register lost folders, remove leftovers of killed runs; rebuild an index "
+            "that cannot be read. Metrics and --link entries are kept; folders `models remove` kept stay out.",
         ),
     ] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Check every registry entry (files, marker, weights, parents); --fix repairs the index.
+    """Check every registry entry (files, marker, weights, parents); --fix repairs what it finds.
 
     Examples:
         llmctl models doctor
@@ -195,6 +217,8 @@ def doctor(
             err.print(f"{mark} {p['where']}: {p['problem']} ({p['fix']})")
         if report.get("backup"):
             err.print(f"The old index is kept at {report['backup']}.")
+        if report.get("kept"):
+            err.print(f"Files kept by `models remove` (not registered): {', '.join(report['kept'])}.")
         err.print(
             f"{report['entries']} entries; "
             + ("no problems." if not report["problems"] else "all fixed." if report["ok"] else "problems remain.")

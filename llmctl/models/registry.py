@@ -31,7 +31,8 @@ from pathlib import Path
 
 from llmctl.errors import LlmctlError
 from llmctl.models import formats
-from llmctl.paths import delete_path, kill_point, llmctl_home, remove_stale_temps
+from llmctl.models.locks import release_name_lock, take_name_lock
+from llmctl.paths import delete_path, fsync_dir, fsync_tree, kill_point, llmctl_home, remove_stale_temps, temp_prefix
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
@@ -229,7 +230,7 @@ class Registry:
                 hint="move it away, pick another --name, or pass --force to replace it",
             )
         remove_stale_temp_dirs(self.models_root)
-        return Reservation(self, name, force)
+        return Reservation(self, name, force, take_name_lock(self.models_root, name))
 
     def add(self, entry: ModelEntry, force: bool = False) -> ModelEntry:
         """Register an entry whose files stay where they are (not managed by llmctl): reserve, then publish.
@@ -262,9 +263,10 @@ class Registry:
                             f"{final} exists but is not a registry entry",
                             hint="move it away, pick another --name, or pass --force to replace it",
                         )
-                    old = final.with_name(f".{final.name}.old-{os.getpid()}-{time.time_ns()}")
+                    old = final.with_name(f"{temp_prefix(final, 'old')}{time.time_ns()}")
                     os.replace(final, old)
                 os.replace(staged, final)
+                fsync_dir(final.parent)
                 entry.path = str(final)
                 entry.managed = True
             con.execute(
@@ -286,23 +288,36 @@ class Registry:
             delete_path(old)
         return entry
 
-    def remove(self, name: str, delete_files: bool = False) -> tuple[ModelEntry, bool]:
+    def remove(self, name: str, delete_files: bool = False, protect_children: bool = False) -> tuple[ModelEntry, bool]:
         """Drop an entry; with delete_files also its folder. Returns (entry, whether files were deleted).
 
         Only folders llmctl manages are deleted. A managed entry whose folder is a symlink loses the link,
-        never what it points to (that lies outside the registry).
+        never what it points to (that lies outside the registry). With protect_children, the files of a model
+        others list as a parent are not deleted (`models remove` without --force); files another entry uses (its
+        path lies inside this folder) never are. Kept files are marked `removed` in their marker, so
+        `models doctor --fix` leaves them alone.
+
+        Examples:
+            Registry().remove("old-run", delete_files=True)
+            Registry().remove("base", delete_files=True, protect_children=True)   # refused if others derive from it
         """
         with self._write() as con:
             row = con.execute("SELECT * FROM models WHERE name = ?", (name,)).fetchone()
             if row is None:
                 raise self.unknown(name)
             entry = self._row(row)
+            target = Path(entry.path)
+            deleting = delete_files and entry.managed and (target.exists() or target.is_symlink())
+            if deleting and not target.is_symlink():  # (a link goes, what it points to stays)
+                others = con.execute("SELECT name, format, path, parents FROM models WHERE name != ?", (name,))
+                _check_deletable(entry, others.fetchall(), protect_children)
             con.execute("DELETE FROM models WHERE name = ?", (name,))
             trash = None
-            target = Path(entry.path)
-            if delete_files and entry.managed and (target.exists() or target.is_symlink()):
-                trash = target.with_name(f".{target.name}.del-{os.getpid()}-{time.time_ns()}")
+            if deleting:
+                trash = target.with_name(f"{temp_prefix(target, 'del')}{time.time_ns()}")
                 os.replace(target, trash)
+            else:
+                _mark_removed(entry)  # in the transaction: if the mark cannot be written, nothing is removed
         deleted = False
         if trash is not None:
             deleted = not trash.is_symlink()
@@ -339,8 +354,8 @@ class Reservation:
             res.publish(ModelEntry(name="tiny-q4", format="inc-woq", path=""), tmp)
     """
 
-    def __init__(self, registry: Registry, name: str, force: bool):
-        self.registry, self.name, self.force = registry, name, force
+    def __init__(self, registry: Registry, name: str, force: bool, lock: Path | None = None):
+        self.registry, self.name, self.force, self.lock = registry, name, force, lock
 
     @property
     def path(self) -> Path:
@@ -352,9 +367,14 @@ class Reservation:
         """A temp dir beside the final folder (named with this process's pid); removed unless published."""
         import tempfile
 
-        tmp = Path(tempfile.mkdtemp(prefix=f".{self.name}.tmp-{os.getpid()}-", dir=self.registry.models_root))
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(self.path), dir=self.registry.models_root))
         try:
             yield tmp
+        except BaseException:
+            if self.lock is not None:  # the run failed: its name is free again at once
+                release_name_lock(self.lock)
+                self.lock = None
+            raise
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -369,8 +389,26 @@ class Reservation:
         if staged is not None:
             entry.path, entry.managed = str(self.path), True
             formats.write_marker(staged, entry.format, entry.to_json(), **marker_facts)
+            fsync_tree(staged)  # the files reach the disk before the rename that makes them an entry
             kill_point("publish")
-        return self.registry._add(entry, staged, self.force)
+        try:
+            return self.registry._add(entry, staged, self.force)
+        except LlmctlError as exc:
+            if staged is not None and staged.is_dir():  # finished work is never thrown away
+                kept = self._keep_unpublished(staged)
+                exc.message += f" (the finished files are kept in {kept})"
+            raise
+        finally:
+            if self.lock is not None:
+                release_name_lock(self.lock)
+                self.lock = None
+
+    def _keep_unpublished(self, staged: Path) -> Path:
+        """Move a complete staged folder whose publish failed to models/.unpublished/NAME-TIME."""
+        kept = self.registry.models_root / ".unpublished" / f"{self.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged, kept)
+        return kept
 
 
 def _refresh_marker(entry: ModelEntry) -> None:
@@ -379,10 +417,66 @@ def _refresh_marker(entry: ModelEntry) -> None:
     if not entry.managed or not folder.is_dir() or folder.is_symlink():
         return
     try:
-        facts = {k: v for k, v in (formats.read_marker(folder) or {}).items() if k not in ("format", "entry")}
+        marker = formats.read_marker(folder) or {}
+        # a registered entry is not a removed one: a stale `removed` mark (see _mark_removed) goes
+        facts = {k: v for k, v in marker.items() if k not in ("format", "entry", "removed")}
         formats.write_marker(folder, entry.format, entry.to_json(), **facts)
     except (LlmctlError, OSError):
         pass  # the index is the source of truth; doctor reports a marker it cannot read
+
+
+def _mark_removed(entry: ModelEntry) -> None:
+    """Record in a kept folder's marker that `models remove` dropped it: `models doctor --fix` must not re-add it.
+
+    A mark in the marker (rather than moving or renaming the folder or its marker) keeps the files where remove
+    said they are, and keeps the marker's format facts, so re-importing the folder still works.
+    """
+    folder = Path(entry.path)
+    if not entry.managed or folder.is_symlink() or not folder.is_dir():
+        return
+    try:
+        marker = formats.read_marker(folder) or {}
+    except LlmctlError:
+        marker = {}  # damaged: rewritten from the index row
+    facts = {k: v for k, v in marker.items() if k not in ("format", "entry", "removed")}
+    try:
+        formats.write_marker(folder, entry.format, entry.to_json(), removed=time.time(), **facts)
+    except OSError as exc:
+        raise LlmctlError(
+            f"cannot mark {folder} as removed ({exc.strerror or exc}); {entry.name!r} stays registered",
+            hint=f"make the folder writable, or delete it: `llmctl models remove {entry.name} --delete-files`",
+        ) from exc
+
+
+def _check_deletable(entry: ModelEntry, others: list[tuple], protect_children: bool) -> None:
+    """Refuse to delete files other entries use, and (protect_children) those of a model others derive from."""
+    folder = Path(entry.path).resolve()
+    users, children = [], []
+    for name, fmt, path, parents in others:
+        if _inside(Path(path), folder):  # a --link entry inside it, or a folder that is a link into it
+            users.append(name)
+        with contextlib.suppress(TypeError, ValueError):
+            if entry.name in json.loads(parents):
+                children.append(
+                    f"{name} (an adapter: it loads on top of {entry.name})" if fmt == "peft-adapter" else name
+                )
+    if users:
+        raise LlmctlError(
+            f"{', '.join(users)} {'use' if len(users) > 1 else 'uses'} files in {folder}, the folder of "
+            f"{entry.name!r}: deleting it would break them",
+            hint=f"remove them first, or keep the files: `llmctl models remove {entry.name}`",
+        )
+    if children and protect_children:
+        raise LlmctlError(
+            f"{', '.join(children)} {'were' if len(children) > 1 else 'was'} derived from {entry.name!r}",
+            hint=f"pass --force to delete the files of {entry.name} anyway (each derived model keeps its own "
+            "folder), or remove those first",
+        )
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    real = path.resolve()
+    return real == folder or folder in real.parents
 
 
 def remove_stale_temp_dirs(root: Path) -> list[Path]:
