@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -27,9 +27,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from llmctl.inference.engine import Engine, QueueFull
-from llmctl.inference.prompts import chat_text, has_chat_template
+from llmctl.inference.prompts import has_chat_template
 from llmctl.inference.sampling import SamplingParams
 from llmctl.serve import responses as R
+from llmctl.serve import tools as T
 from llmctl.serve.echo import echo_prefixes
 from llmctl.serve.guard import Guard
 from llmctl.serve.metrics import Metrics
@@ -330,13 +331,25 @@ class Server:
             raise ApiError(
                 400, f"the model {served.name!r} has no chat template; use /v1/completions", param="messages"
             )
+        T.check_request(req)
+        messages, tools_arg = T.prompt_messages(req, T.supports_tools(codec))
         try:
-            text = chat_text(codec, req.template_messages())
+            text = codec.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, tools=tools_arg)
+        except ApiError:
+            raise
         except Exception as exc:  # the template itself refuses (e.g. roles that do not alternate)
             raise ApiError(400, f"the model's chat template refused these messages ({exc})", param="messages") from None
         ids = codec.encode(text)
         k = (req.top_logprobs or 0) if req.logprobs else None
         params = self.params(served, req, len(ids), req.max_completion_tokens or req.max_tokens, k)
+        forced = T.forced_grammar(req)
+        if forced is not None:
+            if not served.engine.backend.structured:
+                raise ApiError(
+                    400, f"the {served.backend} backend cannot force a tool call; serve with --backend hf",
+                    param="tool_choice",
+                )  # fmt: skip
+            params = replace(params, grammar=forced)
         job = _Job(served, [ids], params, req.n)
         rid, created = R.new_id("chatcmpl"), int(time.time())
         if req.stream:
@@ -355,7 +368,9 @@ class Server:
         finally:
             job.close(self.metrics)
         choices = [
-            R.chat_choice(i, texts[i], finish.get(i), {"content": lps[i]} if req.logprobs else None)
+            _with_tool_calls(
+                req, R.chat_choice(i, texts[i], finish.get(i), {"content": lps[i]} if req.logprobs else None)
+            )
             for i in range(req.n)
         ]
         return JSONResponse(R.chat_object(rid, served.name, created, choices, job.usage(tokens)))
@@ -365,16 +380,24 @@ class Server:
         try:
             for i in range(req.n):
                 yield R.sse(R.chat_chunk(rid, name, created, i, {"role": "assistant", "content": ""}))
+            held = defaultdict(str)  # with tools: an answer is held back until it is known to be calls or text
             async for idx, c in job.chunks():
                 if c.error:
                     yield R.sse(error_body(c.error, "server_error"))
                     return
                 lp = {"content": R.chat_logprobs(c.logprobs, codec.token_text)} if req.logprobs else None
-                if c.text or lp:
+                if T.active(req):
+                    held[idx] += c.text
+                elif c.text or lp:
                     yield R.sse(R.chat_chunk(rid, name, created, idx, {"content": c.text}, logprobs=lp))
                 if c.finish_reason:
                     tokens += c.completion_tokens
-                    yield R.sse(R.chat_chunk(rid, name, created, idx, {}, c.finish_reason))
+                    finish = c.finish_reason
+                    if T.active(req):
+                        message = _with_tool_calls(req, R.chat_choice(idx, held.pop(idx, ""), finish))
+                        finish, delta = message["finish_reason"], _tool_delta(message["message"])
+                        yield R.sse(R.chat_chunk(rid, name, created, idx, delta))
+                    yield R.sse(R.chat_chunk(rid, name, created, idx, {}, finish))
             if include_usage:
                 yield R.sse(R.usage_chunk(rid, "chat.completion.chunk", name, created, job.usage(tokens)))
             yield R.sse("[DONE]")
@@ -386,6 +409,25 @@ class Server:
         if any(t < 0 or t >= codec.vocab_size for t in ids):
             raise ApiError(400, f"prompt token ids must be in [0, {codec.vocab_size})", param="prompt")
         return ids
+
+
+def _with_tool_calls(req, choice: dict) -> dict:
+    """A chat choice whose text holds tool calls, as OpenAI gives it: message.tool_calls, finish "tool_calls"."""
+    if not T.active(req):
+        return choice
+    content, calls = T.parse_tool_calls(choice["message"]["content"])
+    if calls:
+        choice["message"] = {"role": "assistant", "content": content, "tool_calls": T.openai_calls(calls)}
+        if choice["finish_reason"] in ("stop", None):
+            choice["finish_reason"] = "tool_calls"
+    return choice
+
+
+def _tool_delta(message: dict) -> dict:
+    if not message.get("tool_calls"):
+        return {"content": message["content"]}
+    calls = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
+    return {"content": message["content"], "tool_calls": calls}
 
 
 def response_grammar(served: ServedModel, fmt) -> str | None:

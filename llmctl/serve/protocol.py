@@ -1,8 +1,8 @@
 """OpenAI's request shapes for completions and chat completions, their validation, and its error shape.
 
 Types are checked strictly (a string where a number belongs is a 400, never coerced); unknown fields are
-ignored, as OpenAI-compatible servers do, except those whose effect llmctl cannot give (tools, suffix,
-best_of > n), which are refused. Every problem becomes `ApiError`, rendered as
+ignored, as OpenAI-compatible servers do, except those whose effect llmctl cannot give (suffix, best_of > n),
+which are refused. Every problem becomes `ApiError`, rendered as
 `{"error": {"message", "type", "param", "code"}}` with a 4xx status.
 
 Examples:
@@ -144,12 +144,46 @@ class TextPart(_Strict):
     text: str
 
 
+class ToolCallFunction(_Strict):
+    name: str
+    arguments: str  # a JSON object, as a string (OpenAI's shape)
+
+
+class ToolCall(_Strict):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
+class FunctionDef(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    description: str | None = None
+    parameters: dict | None = None  # a JSON schema of the arguments object
+    strict: bool | None = None
+
+
+class Tool(_Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a tool message: the call it answers
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -162,11 +196,9 @@ class ChatRequest(_Sampling):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     max_completion_tokens: int | None = Field(None, ge=1)
-    tools: list | None = None
-
-    def template_messages(self) -> list[dict]:
-        """The messages as the chat template takes them (developer is OpenAI's new name for system)."""
-        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
 
 
 _UNIONS = {
@@ -227,6 +259,4 @@ def parse(model: type[BaseModel], data) -> BaseModel:
             raise ApiError(400, "suffix is not supported", param="suffix")
         if req.best_of not in (None, req.n):
             raise ApiError(400, "best_of other than n is not supported", param="best_of")
-    if isinstance(req, ChatRequest) and req.tools:
-        raise ApiError(400, "tools are not supported by llmctl serve", param="tools")
     return req

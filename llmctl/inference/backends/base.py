@@ -117,9 +117,10 @@ class HfCodec:
         self.eos_ids = frozenset(int(i) for i in ids)
         self.vocab_size = len(tokenizer)
 
-    def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=False):
+    def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=False, tools=None):
+        extra = {"tools": tools} if tools else {}  # only templates that render tools are given them
         return self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=add_generation_prompt, tokenize=tokenize
+            messages, add_generation_prompt=add_generation_prompt, tokenize=tokenize, **extra
         )
 
     def encode(self, text: str) -> list[int]:
