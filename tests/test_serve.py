@@ -301,6 +301,7 @@ HOSTILE = [  # (endpoint, raw body, headers, status): well-formed requests with 
     ("completions", b'{"prompt": "\\ud800 half a pair"}', JSON, 400),
     ("chat/completions", b'{"messages": [{"role": "user", "content": "\\udfff"}]}', JSON, 400),
     ("completions", b'{"prompt": "x", "max_tokens": ' + b"9" * 5000 + b"}", JSON, 400),
+    ("completions", {"prompt": ["a", "b"], "n": 40, "max_tokens": 2}, JSON, 400),  # 80 sequences: over the cap
     ("completions", {"prompt": "x", "max_tokens": 2}, {"Content-Type": "text/plain"}, 415),  # a page's CSRF POST
     ("completions", {"prompt": "x", "max_tokens": 2}, {"Content-Type": "application/x-www-form-urlencoded"}, 415),
 ]
@@ -326,6 +327,24 @@ def test_hostile_requests_fail_alone_and_leave_a_greedy_answer_unchanged(server)
     assert status == 200 and health["status"] == "ok"
     _, text = http("GET", server.url + "/metrics")
     assert not re.search(r'llmctl_requests_total\{[^}]*status="5\d\d"', text)
+
+
+def test_engine_admission_counts_prompt_tokens(tiny_model):
+    """The queue holds at most max_queue_tokens prompt tokens: a long prompt waits its turn or gets a 503."""
+    from llmctl.inference import backends
+    from llmctl.inference.backends.base import BackendOptions
+    from llmctl.inference.engine import Engine, QueueFull
+    from llmctl.inference.sampling import SamplingParams
+    from llmctl.models.resolve import resolve_model
+
+    backend = backends.create("hf", resolve_model(tiny_model), BackendOptions(max_batch=1, device="cpu"))
+    engine = Engine(backend, max_concurrency=1, max_queue=100, max_queue_tokens=30)  # not started: nothing admitted
+    params = SamplingParams(max_tokens=2, temperature=0)
+    engine.submit(list(range(5, 25)), params, 1, lambda c: None)  # 20 tokens waiting
+    with pytest.raises(QueueFull, match="20 prompt tokens"):
+        engine.submit(list(range(5, 20)), params, 1, lambda c: None)  # 15 more: over 30
+    engine.submit(list(range(5, 15)), params, 1, lambda c: None)  # 10 more: exactly 30
+    engine.stop()
 
 
 def test_engine_fails_one_sequence_whose_sampling_raises_and_keeps_the_batch(tiny_model, monkeypatch):

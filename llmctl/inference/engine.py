@@ -80,10 +80,13 @@ class _Answer:
 class Engine:
     """Queue + worker thread over one backend (see the module docstring)."""
 
-    def __init__(self, backend: Backend, max_concurrency: int = 16, max_queue: int = 1024):
+    def __init__(self, backend: Backend, max_concurrency: int = 16, max_queue: int = 1024, max_queue_tokens=None):
         self.backend = backend
         self.max_concurrency = max(1, min(max_concurrency, backend.max_batch))
         self.max_queue = max_queue
+        # admission counts prompt tokens too: 1,000 queued 4k-token prompts are not 1,000 one-token ones
+        self.max_queue_tokens = max_queue_tokens
+        self._waiting_tokens = 0
         self._waiting: collections.deque[_Answer] = collections.deque()
         self._running: dict[int, _Answer] = {}
         self._lock = threading.Lock()
@@ -106,6 +109,10 @@ class Engine:
                 raise QueueFull("the server is shutting down")
             if len(self._waiting) + n > self.max_queue:
                 raise QueueFull(f"{len(self._waiting)} sequences are already waiting")
+            tokens = n * len(prompt_ids)
+            if self.max_queue_tokens is not None and self._waiting_tokens + tokens > self.max_queue_tokens:
+                raise QueueFull(f"{self._waiting_tokens} prompt tokens are already waiting")
+            self._waiting_tokens += tokens
             req = Request(next(self._ids), list(prompt_ids), params, n, sink, open_answers=n)
             for index in range(n):
                 seq = Sequence(next(self._ids), req.prompt_ids, params.with_seed(index))
@@ -167,6 +174,7 @@ class Engine:
                 self._fail_running(f"{type(exc).__name__}: {exc}")
         with self._lock:
             waiting, self._waiting = list(self._waiting), collections.deque()
+            self._waiting_tokens = 0
         for answer in waiting:
             self._emit(answer, Chunk(answer.index, "", finish_reason="error", error="the server stopped"))
         self._fail_running("the server stopped before this answer was finished")
@@ -199,6 +207,7 @@ class Engine:
         admitted = []
         while self._waiting and len(self._running) < self.max_concurrency:
             answer = self._waiting.popleft()
+            self._waiting_tokens -= len(answer.seq.prompt_ids)
             if answer.request.cancelled:
                 continue
             self._running[answer.seq.id] = answer

@@ -26,6 +26,15 @@ SCHEMA = Section(
         int, 256, "answer tokens when a request gives no max_tokens (capped by the room left)", ge=1
     ),
     max_request_bytes=Field(int, 1048576, "request bodies over this many bytes get 413", ge=1024),
+    max_sequences_per_request=Field(
+        int, 64, "prompts x n of one request at most (more is a 400): one request cannot fill the queue", ge=1
+    ),
+    max_request_tokens=Field(
+        int, 262144, "prompt + max_tokens over a request's sequences at most (more is a 400)", ge=16
+    ),
+    max_queue_tokens=Field(
+        int, 1048576, "prompt tokens waiting for a slot at most; beyond that requests get 503", ge=16
+    ),
     shutdown_grace_s=Field(
         float, 30.0, "on SIGTERM or an engine's failure, seconds in-flight requests get to finish", ge=0.0
     ),

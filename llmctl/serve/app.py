@@ -56,6 +56,8 @@ class ServeSettings:
     api_key: str | None = None
     max_request_bytes: int = 1 << 20
     default_max_tokens: int = 256
+    max_sequences: int = 64  # prompts x n of one request
+    max_request_tokens: int = 262144  # prompt + max_tokens over a request's sequences
     allowed_hosts: frozenset[str] | None = None  # Host names answered besides loopback ones; None = any (guard.py)
     max_header_bytes: int = 16384  # request line + headers; more is a 431
     read_timeout_s: float = 30.0  # seconds a request's body has to arrive; then a 408
@@ -191,6 +193,22 @@ class Server:
             )
         return self.models[name]
 
+    def check_budget(self, prompts: list[list[int]], n: int, max_tokens: int) -> None:
+        """One request's share of the server: prompts x n and their tokens (prompt + max_tokens) are capped."""
+        sequences = len(prompts) * n
+        if sequences > self.settings.max_sequences:
+            raise ApiError(
+                400, f"{sequences} sequences (prompts x n) asked; at most {self.settings.max_sequences}", param="n"
+            )
+        tokens = n * sum(len(p) + max_tokens for p in prompts)
+        if tokens > self.settings.max_request_tokens:
+            raise ApiError(
+                400,
+                f"the request asks for {tokens} tokens (prompts + max_tokens, times n); "
+                f"at most {self.settings.max_request_tokens} (max_request_tokens)",
+                param="max_tokens",
+            )
+
     def params(
         self, served: ServedModel, req, prompt_len: int, max_tokens: int | None, logprobs: int | None
     ) -> SamplingParams:
@@ -268,12 +286,16 @@ class Server:
         served = self.pick(req.model)
         codec = served.engine.backend.codec
         raw = req.prompts()
-        prompts = [codec.encode(p) if isinstance(p, str) else self._check_ids(p, codec) for p in raw]
+        # tokenizing a 1 MiB body takes a while: off the event loop, so other requests are served meanwhile
+        prompts = await asyncio.to_thread(
+            lambda: [codec.encode(p) if isinstance(p, str) else self._check_ids(p, codec) for p in raw]
+        )
         if any(not p for p in prompts):
             raise ApiError(400, "a prompt is empty", param="prompt")
         params = self.params(
             served, req, max(len(p) for p in prompts), 1 if req.max_tokens == 0 else req.max_tokens, req.logprobs
         )
+        self.check_budget(prompts, req.n, params.max_tokens)
         echoed = await echo_prefixes(served, req, prompts, raw) if req.echo else None
         rid, created = R.new_id("cmpl"), int(time.time())
         if req.max_tokens == 0:  # echo alone: the prompts scored, nothing generated
@@ -333,15 +355,10 @@ class Server:
             )
         T.check_request(req)
         messages, tools_arg = T.prompt_messages(req, T.supports_tools(codec))
-        try:
-            text = codec.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, tools=tools_arg)
-        except ApiError:
-            raise
-        except Exception as exc:  # the template itself refuses (e.g. roles that do not alternate)
-            raise ApiError(400, f"the model's chat template refused these messages ({exc})", param="messages") from None
-        ids = codec.encode(text)
+        ids = await asyncio.to_thread(_templated_ids, codec, messages, tools_arg)  # off the event loop
         k = (req.top_logprobs or 0) if req.logprobs else None
         params = self.params(served, req, len(ids), req.max_completion_tokens or req.max_tokens, k)
+        self.check_budget([ids], req.n, params.max_tokens)
         forced = T.forced_grammar(req)
         if forced is not None:
             if not served.engine.backend.structured:
@@ -368,7 +385,7 @@ class Server:
         finally:
             job.close(self.metrics)
         choices = [
-            _with_tool_calls(
+            T.with_tool_calls(
                 req, R.chat_choice(i, texts[i], finish.get(i), {"content": lps[i]} if req.logprobs else None)
             )
             for i in range(req.n)
@@ -394,8 +411,8 @@ class Server:
                     tokens += c.completion_tokens
                     finish = c.finish_reason
                     if T.active(req):
-                        message = _with_tool_calls(req, R.chat_choice(idx, held.pop(idx, ""), finish))
-                        finish, delta = message["finish_reason"], _tool_delta(message["message"])
+                        message = T.with_tool_calls(req, R.chat_choice(idx, held.pop(idx, ""), finish))
+                        finish, delta = message["finish_reason"], T.tool_delta(message["message"])
                         yield R.sse(R.chat_chunk(rid, name, created, idx, delta))
                     yield R.sse(R.chat_chunk(rid, name, created, idx, {}, finish))
             if include_usage:
@@ -411,23 +428,12 @@ class Server:
         return ids
 
 
-def _with_tool_calls(req, choice: dict) -> dict:
-    """A chat choice whose text holds tool calls, as OpenAI gives it: message.tool_calls, finish "tool_calls"."""
-    if not T.active(req):
-        return choice
-    content, calls = T.parse_tool_calls(choice["message"]["content"])
-    if calls:
-        choice["message"] = {"role": "assistant", "content": content, "tool_calls": T.openai_calls(calls)}
-        if choice["finish_reason"] in ("stop", None):
-            choice["finish_reason"] = "tool_calls"
-    return choice
-
-
-def _tool_delta(message: dict) -> dict:
-    if not message.get("tool_calls"):
-        return {"content": message["content"]}
-    calls = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
-    return {"content": message["content"], "tool_calls": calls}
+def _templated_ids(codec, messages: list[dict], tools) -> list[int]:
+    try:
+        text = codec.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, tools=tools)
+    except Exception as exc:  # the template itself refuses (e.g. roles that do not alternate)
+        raise ApiError(400, f"the model's chat template refused these messages ({exc})", param="messages") from None
+    return codec.encode(text)
 
 
 def response_grammar(served: ServedModel, fmt) -> str | None:

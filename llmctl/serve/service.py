@@ -122,7 +122,12 @@ def load_models(specs: list[str], names: list[str], config: dict, say=None) -> l
                 else (config["backend"], "asked for")
             )
             say(f"loading {name} ({r.format}) on the {backend} backend ({why})")
-            engine = Engine(backends.create(backend, r, options), config["max_concurrency"], config["max_queue"])
+            engine = Engine(
+                backends.create(backend, r, options),
+                config["max_concurrency"],
+                config["max_queue"],
+                max_queue_tokens=config["max_queue_tokens"],
+            )
             served.append(ServedModel(name, engine.start(), r, backend, why))
             engine.warm_up()
     except BaseException:
@@ -226,6 +231,8 @@ def serve(specs: list[str], names: list[str], config: dict) -> None:
             api_key=api_key,
             max_request_bytes=config["max_request_bytes"],
             default_max_tokens=config["default_max_tokens"],
+            max_sequences=config["max_sequences_per_request"],
+            max_request_tokens=config["max_request_tokens"],
             allowed_hosts=host_policy(host, config["allowed_hosts"]),
             max_header_bytes=config["max_header_bytes"],
             read_timeout_s=config["read_timeout_s"],

@@ -156,6 +156,25 @@ def openai_calls(calls: list[dict]) -> list[dict]:
     ]
 
 
+def with_tool_calls(req, choice: dict) -> dict:
+    """A chat choice whose text holds tool calls, as OpenAI gives it: message.tool_calls, finish "tool_calls"."""
+    if not active(req):
+        return choice
+    content, calls = parse_tool_calls(choice["message"]["content"])
+    if calls:
+        choice["message"] = {"role": "assistant", "content": content, "tool_calls": openai_calls(calls)}
+        if choice["finish_reason"] in ("stop", None):
+            choice["finish_reason"] = "tool_calls"
+    return choice
+
+
+def tool_delta(message: dict) -> dict:
+    if not message.get("tool_calls"):
+        return {"content": message["content"]}
+    calls = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
+    return {"content": message["content"], "tool_calls": calls}
+
+
 def _load_call(raw) -> dict | None:
     obj = _json(raw) if isinstance(raw, str) else raw
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
