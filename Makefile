@@ -38,6 +38,7 @@ QUICK_align_quality    := --rm-steps 2 --rm-batch 2 --ppo-steps 1 --grpo-steps 1
                           --heldout 6 --eval-prompts 2 --math-heldout 4 --math-train 8 --max-new-tokens 6 --seq-len 128 \
                           --rollout-batch 2 --num-generations 2 --prompts-per-step 2
 QUICK_durability       := --repeats 1 --kill-runs 2
+QUICK_eval_served      := --limit 5
 QUICK_eval_default     := --hellaswag-limit 20 --arc-limit 20 --ppl-max-tokens 4096 --seqlen 512 --stride 512
 QUICK_eval_speed       := --limit 20
 QUICK_export           := --types q8_0 --prompts 3 --new-tokens 8 --eval-tokens 1024 --gptq-calib 2 --ct-algo rtn --speed-tokens 8
@@ -52,6 +53,7 @@ QUICK_quantize_quality := --eval-tokens 1024 --calib-samples 4 --calib-seqlen 12
 QUICK_quantized_speed  := --formats fp32,ct-rtn4,inc-rtn4 --new-tokens 8 --repeats 1
 QUICK_serve            := --backends hf --levels 1,4 --requests 4 --new-tokens 8 --conc-tokens 8 --repeats 1 \
                           --load-requests 120 --no-llama-server
+QUICK_structured       := --tokens 8 --repeats 1
 QUICK_tokenize_speed   := --repeat 1 --runs 1 --workers 1
 
 bench: $(addprefix bench-full-,$(BENCH))

@@ -6,8 +6,10 @@
 2. Concurrency: 1 / 4 / 16 clients sending --requests requests each level: aggregate tokens/s, p50/p95 time to
    first token and per-token latency (per backend).
 3. Load run (first backend): --load-requests mixed streaming/non-streaming requests, --malformed of them broken
-   (bad JSON, wrong types, unknown model, too long): server errors (5xx or dropped connections) must be 0,
-   every malformed request a 4xx, and resident memory at the end ≤ 1.2x of that after the first 100.
+   (bad JSON, wrong types, unknown model, too long) and --hostile of them well-formed but hostile (tiny
+   temperatures and penalties, out-of-range seeds and top_k, lone surrogates, token ids past the vocabulary):
+   server errors (5xx or dropped connections) must be 0, every good request a 200, every bad one a 4xx,
+   and resident memory at the end ≤ 1.2x of that after the first 100.
 Optional --perplexity FILE: token perplexity of each side's weights on the first --ppl-tokens tokens.
 
 Prints one JSON document on stdout; progress on stderr. Take numbers on an idle machine only.
@@ -278,12 +280,34 @@ def malformed(model: str, rng: random.Random) -> tuple[str, bytes]:
     return "/v1/chat/completions", json.dumps({"model": model, "messages": "hello"}).encode()
 
 
-def load_run(server: Server, model: str, total: int, bad_share: float, clients: int, new_tokens: int) -> dict:
+def hostile(model: str, rng: random.Random) -> tuple[str, bytes]:
+    """Well-formed requests whose values no sampler can take (issue 29): each must be a 4xx for itself alone."""
+    base = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
+    kind = rng.randrange(6)
+    if kind == 0:
+        return "/v1/chat/completions", json.dumps({**base, "temperature": 1e-300}).encode()
+    if kind == 1:
+        return "/v1/chat/completions", json.dumps({**base, "repetition_penalty": 1e-300}).encode()
+    if kind == 2:
+        return "/v1/chat/completions", json.dumps({**base, "seed": -1}).encode()
+    if kind == 3:
+        return "/v1/chat/completions", json.dumps({**base, "top_k": 2**64}).encode()
+    if kind == 4:
+        return "/v1/completions", b'{"model": "' + model.encode() + b'", "prompt": "\\ud800", "max_tokens": 4}'
+    return "/v1/completions", json.dumps({"model": model, "prompt": [10**9], "max_tokens": 4}).encode()
+
+
+def load_run(
+    server: Server, model: str, total: int, bad_share: float, clients: int, new_tokens: int, hostile_share=0.0
+) -> dict:
     rng = random.Random(0)
     jobs = []
     for i in range(total):
-        if rng.random() < bad_share:
+        roll = rng.random()
+        if roll < bad_share:
             jobs.append(("bad", *malformed(model, rng), False))
+        elif roll < bad_share + hostile_share:
+            jobs.append(("hostile", *hostile(model, rng), False))
         else:
             stream = rng.random() < 0.5
             jobs.append(
@@ -303,13 +327,18 @@ def load_run(server: Server, model: str, total: int, bad_share: float, clients: 
     rss["end"] = server.rss_mb()
     server_errors = sum(1 for _, r in results if r["status"] is None or r["status"] >= 500)
     bad = [r for kind, r in results if kind == "bad"]
+    mean = [r for kind, r in results if kind == "hostile"]
     good = [r for kind, r in results if kind == "good"]
     return {
         "requests": total,
         "malformed": len(bad),
+        "hostile": len(mean),
         "server_errors": server_errors,
         "malformed_answered_4xx": sum(1 for r in bad if r["status"] and 400 <= r["status"] < 500),
+        "hostile_answered_4xx": sum(1 for r in mean if r["status"] and 400 <= r["status"] < 500),
+        "good": len(good),
         "good_ok": sum(1 for r in good if r["status"] == 200),
+        "good_failed": sum(1 for r in good if r["status"] != 200),
         "rss_mb": rss,
         "rss_ratio": round(rss["end"] / rss["after_100"], 3) if rss.get("after_100") else None,
     }
@@ -377,6 +406,7 @@ def main() -> None:
     ap.add_argument("--conc-tokens", type=int, default=64, help="new tokens per request in the concurrency runs")
     ap.add_argument("--load-requests", type=int, default=2000)
     ap.add_argument("--malformed", type=float, default=0.05)
+    ap.add_argument("--hostile", type=float, default=0.02, help="share of well-formed hostile requests (issue 29)")
     ap.add_argument("--no-llama-server", action="store_true")
     ap.add_argument("--perplexity", default=None, help="text file (e.g. wikitext-2 wiki.test.raw)")
     ap.add_argument("--ppl-tokens", type=int, default=8192)
@@ -420,7 +450,7 @@ def main() -> None:
             if i == 0 and args.load_requests:
                 out["load"] = {
                     "backend": name,
-                    **load_run(srv, card["id"], args.load_requests, args.malformed, max(levels), 16),
+                    **load_run(srv, card["id"], args.load_requests, args.malformed, max(levels), 16, args.hostile),
                 }
                 say(f"  load: {out['load']}")
         finally:

@@ -525,3 +525,15 @@ def test_resume_of_a_finished_run_after_its_model_was_removed(cli, tiny_model, a
     assert again.exit_code == 0, again.stderr
     out = json.loads(again.stdout)
     assert out["resumed_from"] == 2 and out["metrics"]["train_loss"] > 0
+
+
+def test_metrics_logger_makes_its_event_file_with_the_first_row(tmp_path):
+    """A run resumed at its last step logs nothing and must leave no new, empty TensorBoard file (issue 24)."""
+    from llmctl.training.metrics import MetricsLogger
+
+    MetricsLogger(tmp_path / "idle", append=True).close()
+    assert not (tmp_path / "idle" / "tensorboard").exists()
+    log = MetricsLogger(tmp_path / "busy")
+    log.log(1, {"loss": 2.0})
+    log.close()
+    assert list((tmp_path / "busy" / "tensorboard").iterdir())

@@ -30,20 +30,26 @@ class MetricsLogger:
                 json.loads(line) for line in (self.dir / "metrics.jsonl").read_text().splitlines() if line.strip()
             ]
         self.writer = None
-        if tensorboard:
+        self._tensorboard = tensorboard  # the event file is made with the first row: a run resumed at its
+        # last step (nothing left to log) adds no empty event file to the run dir
+
+    def _tb(self):
+        if self._tensorboard and self.writer is None:
+            self._tensorboard = False
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.writer = SummaryWriter(log_dir=str(self.dir / "tensorboard"))
             except Exception:  # tensorboard missing: CSV/JSONL still carry everything
                 self.writer = None
+        return self.writer
 
     def log(self, step: int, values: dict[str, Any]) -> None:
         row = {"step": step, **values}
         self.rows.append(row)
         self.jsonl.write(json.dumps(row) + "\n")
         self.jsonl.flush()
-        if self.writer is not None:
+        if self._tb() is not None:
             for k, v in values.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     self.writer.add_scalar(k, v, step)
