@@ -33,7 +33,8 @@ test: lint
 # bench-out/NAME.json and the log in bench-out/NAME.log. `make bench` runs the full settings behind the README's
 # numbers (hours on a CPU; give it an idle machine); `make bench-quick` runs small settings only to check that
 # each script still works (its numbers mean nothing).
-BENCH ?= $(sort $(basename $(notdir $(filter-out benchmarks/_%,$(wildcard benchmarks/*.py)))))
+# serve_ab.py needs --baseline DIR (a checkout of an earlier commit): run it by hand, see its docstring
+BENCH ?= $(sort $(basename $(notdir $(filter-out benchmarks/_% benchmarks/serve_ab.py,$(wildcard benchmarks/*.py)))))
 QUICK_align_quality    := --rm-steps 2 --rm-batch 2 --ppo-steps 1 --grpo-steps 1 --math-steps 1 --pref-steps 1 \
                           --heldout 6 --eval-prompts 2 --math-heldout 4 --math-train 8 --max-new-tokens 6 --seq-len 128 \
                           --rollout-batch 2 --num-generations 2 --prompts-per-step 2

@@ -61,9 +61,16 @@ def say(msg: str) -> None:
 class Server:
     """A server subprocess; url once its log says where it listens."""
 
-    def __init__(self, cmd: list[str], pattern: str, env: dict | None = None, port: int | None = None):
+    def __init__(
+        self, cmd: list[str], pattern: str, env: dict | None = None, port: int | None = None, cwd: str | None = None
+    ):
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
         )
         self.url, self.lines, self._ready = None, [], threading.Event()
         self._pattern, self._port = re.compile(pattern), port
