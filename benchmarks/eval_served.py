@@ -1,7 +1,7 @@
 """lm-eval's own `local-completions` client against `llmctl serve` equals in-process lm-eval (issue 29).
 
-The default model, HellaSwag's first --limit items from ../shared/data: `llmctl eval` in-process (float32, as
-the hf backend serves) and `llmctl eval --base-url` against `llmctl serve --backend hf`, both with
+The default model, HellaSwag's first --limit items from ../shared/data: `llmctl eval` in-process and
+`llmctl eval --base-url` against `llmctl serve --backend hf`, both in float32, both with
 --log-samples; acc and acc_norm of each, and the largest difference between the two sides' per-item,
 per-ending log-likelihoods (goal: acc equal, every log-likelihood within 1e-4). Wall time of each side.
 
@@ -50,7 +50,8 @@ def main() -> None:
         llmctl("eval", "--model", args.model, "--dtype", "float32", "--output", str(out / "local.json"), *common,
                env=env)  # fmt: skip
         local_s = time.perf_counter() - started
-        server = llmctl_server(args.model, "hf", threads=2, concurrency=4)
+        # float32 on both sides: `auto` keeps the stored dtype (bfloat16 for the default model's conversion)
+        server = llmctl_server(args.model, "hf", threads=2, concurrency=4, extra=("--dtype", "float32"))
         try:
             started = time.perf_counter()
             llmctl("eval", "--model", args.model, "--base-url", server.url, "--output", str(out / "served.json"),

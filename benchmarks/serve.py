@@ -104,7 +104,7 @@ class Server:
             return self.proc.wait()
 
 
-def llmctl_server(model: str, backend: str, threads: int, concurrency: int) -> Server:
+def llmctl_server(model: str, backend: str, threads: int, concurrency: int, extra: tuple[str, ...] = ()) -> Server:
     cmd = [
         sys.executable,
         "-c",
@@ -120,6 +120,7 @@ def llmctl_server(model: str, backend: str, threads: int, concurrency: int) -> S
         str(threads),
         "--max-concurrency",
         str(concurrency),
+        *extra,
     ]
     return Server(cmd, r"listening on (http://[\d.]+:\d+)").wait()
 

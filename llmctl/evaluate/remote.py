@@ -77,6 +77,18 @@ def tokenizer_source(model: str, tokenizer: str | None) -> str:
     return str(path)
 
 
+def adds_bos(tokenizer_dir: str) -> bool:
+    """Whether the tokenizer puts its BOS in front by default (SmolLM2's does: `<|im_start|>`).
+
+    In-process lm-eval (HFLM) encodes with the tokenizer's default special tokens, its API models without them
+    unless told `add_bos_token`: told here when the tokenizer adds one, so both score the same token ids.
+    """
+    from llmctl.models.loading import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir)
+    return tok.bos_token_id is not None and tok("a").input_ids[:1] == [tok.bos_token_id]
+
+
 def remote_lm(base_url: str, served: dict, tokenizer_dir: str, config: dict):
     """lm-eval's local-completions client for the server's model."""
     from lm_eval.models.openai_completions import LocalCompletionsAPI
@@ -88,6 +100,7 @@ def remote_lm(base_url: str, served: dict, tokenizer_dir: str, config: dict):
         tokenizer=tokenizer_dir,
         tokenizer_backend="huggingface",
         tokenized_requests=True,
+        add_bos_token=adds_bos(tokenizer_dir),
         max_length=int(max_len) if isinstance(max_len, int) and max_len > 1 else 2048,
         num_concurrent=1,  # one request at a time: the server batches what it gets; results do not depend on it
         max_retries=1,
