@@ -24,6 +24,7 @@ import typer
 from rich.console import Console
 
 from llmctl.config.schema import DEVICES, Field, dtype_field
+from llmctl.models.default import DEFAULT_MODEL_NAME
 
 # Logs, progress and tables for people go to stderr; stdout carries only results (--json).
 err = Console(stderr=True, highlight=False)
@@ -81,6 +82,15 @@ def choice_option(*decls: str, field: Field, help: str) -> Any:
     )
 
 
+# --model of every command that takes one model: declared once (issue 28), the default model by name
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help=f"Registry name or model path (an adapter folder or .gguf too); default {DEFAULT_MODEL_NAME}.",
+    ),
+]
 ProfileOpt = Annotated[
     str | None, typer.Option("--profile", "-p", help="Profile name or YAML path (see `llmctl profiles list`).")
 ]

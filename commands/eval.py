@@ -17,12 +17,14 @@ import typer
 from rich.table import Table
 
 from llmctl.cli._common import (
+    DEFAULT_MODEL_NAME,
     ROPE_OPTIONS,
     DeviceOpt,
     DryRunOpt,
     DtypeOpt,
     ForceOpt,
     JsonOpt,
+    ModelOpt,
     ProfileOpt,
     RopeFactorOpt,
     RopeOriginalOpt,
@@ -69,9 +71,7 @@ app = typer.Typer(
 
 TasksOpt = Annotated[
     list[str] | None,
-    typer.Option(
-        "--tasks", "-t", help="Comma-separated tasks (repeatable): lm-eval names, perplexity or reward_accuracy."
-    ),
+    typer.Option("--tasks", help="Comma-separated tasks (repeatable): lm-eval names, perplexity or reward_accuracy."),
 ]
 DataDirOpt = Annotated[
     Path | None,
@@ -136,7 +136,7 @@ OPTIONS = {
 @app.callback(epilog=_LAYOUT)
 def eval_(
     ctx: typer.Context,
-    model: Annotated[str, typer.Option("--model", "-m", help="Registry name or model path.")] = "smollm2-135m-instruct",
+    model: ModelOpt = DEFAULT_MODEL_NAME,
     tasks: TasksOpt = None,
     data_dir: DataDirOpt = None,
     num_fewshot: FewshotOpt = None,

@@ -13,9 +13,11 @@ from typing import Annotated
 import typer
 
 from llmctl.cli._common import (
+    DEFAULT_MODEL_NAME,
     DryRunOpt,
     ForceOpt,
     JsonOpt,
+    ModelOpt,
     ProfileOpt,
     SetOpt,
     choice_option,
@@ -42,17 +44,13 @@ OPTIONS = {
 
 def export(
     ctx: typer.Context,
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="Registry name or path of the model (an adapter is merged).")
-    ] = "smollm2-135m-instruct",
+    model: ModelOpt = DEFAULT_MODEL_NAME,
     format_: Annotated[
         str | None, choice_option("--format", "-f", field=schema_field("export", "format"), help="Target")
     ] = None,
     type_: Annotated[
         str | None,
-        choice_option(
-            "--type", "-t", field=schema_field("export", "type"), help="GGUF type (gguf, ollama), dtype (hf)"
-        ),
+        choice_option("--type", field=schema_field("export", "type"), help="GGUF type (gguf, ollama), dtype (hf)"),
     ] = None,
     bits: Annotated[int | None, typer.Option("--bits", help="OpenVINO weight bits: 4 or 8.")] = None,
     group_size: Annotated[

@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from llmctl.cli._common import (
+    DEFAULT_MODEL_NAME,
     ROPE_OPTIONS,
     TRAIN_OPTIONS,
     BatchSizeOpt,
@@ -29,6 +30,7 @@ from llmctl.cli._common import (
     JsonOpt,
     LrOpt,
     MaxStepsOpt,
+    ModelOpt,
     ProfileOpt,
     RopeFactorOpt,
     RopeOriginalOpt,
@@ -61,9 +63,7 @@ OPTIONS = {
 
 def finetune(
     ctx: typer.Context,
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="Base model: registry name or path.")
-    ] = "smollm2-135m-instruct",
+    model: ModelOpt = DEFAULT_MODEL_NAME,
     data: Annotated[
         Path | None,
         typer.Option("--data", "-d", help="Alpaca, chat (messages), text, preference or prompts: JSONL/JSON/Parquet."),

@@ -15,12 +15,14 @@ from typing import Annotated
 import typer
 
 from llmctl.cli._common import (
+    DEFAULT_MODEL_NAME,
     ROPE_OPTIONS,
     DeviceOpt,
     DryRunOpt,
     DtypeOpt,
     ForceOpt,
     JsonOpt,
+    ModelOpt,
     ProfileOpt,
     RopeFactorOpt,
     RopeOriginalOpt,
@@ -63,7 +65,7 @@ OPTIONS = {
 
 def generate(
     ctx: typer.Context,
-    model: Annotated[str, typer.Option("--model", "-m", help="Registry name or model path.")] = "smollm2-135m-instruct",
+    model: ModelOpt = DEFAULT_MODEL_NAME,
     prompt: Annotated[str | None, typer.Option("--prompt", help="The prompt (else --input, else stdin).")] = None,
     input_file: Annotated[
         Path | None, typer.Option("--input", "-i", help='JSONL of {"prompt": …} or {"messages": […]} lines.')
@@ -94,7 +96,7 @@ def generate(
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed.")] = None,
     num_return_sequences: Annotated[
-        int | None, typer.Option("--num-return-sequences", "-n", help="Answers per prompt.")
+        int | None, typer.Option("--num-return-sequences", help="Answers per prompt.")
     ] = None,
     chat: Annotated[
         bool | None,

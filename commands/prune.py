@@ -12,9 +12,11 @@ from typing import Annotated
 import typer
 
 from llmctl.cli._common import (
+    DEFAULT_MODEL_NAME,
     DryRunOpt,
     ForceOpt,
     JsonOpt,
+    ModelOpt,
     ProfileOpt,
     SetOpt,
     choice_option,
@@ -45,9 +47,7 @@ OPTIONS = {
 def prune(
     ctx: typer.Context,
     name: Annotated[str, typer.Option("--name", "-n", help="Registry name of the pruned model.")],
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="Registry name or path of the model to prune.")
-    ] = "smollm2-135m-instruct",
+    model: ModelOpt = DEFAULT_MODEL_NAME,
     method: Annotated[
         str | None, choice_option("--method", field=schema_field("prune", "method"), help="Pruning criterion")
     ] = None,

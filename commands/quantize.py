@@ -13,9 +13,11 @@ from typing import Annotated
 import typer
 
 from llmctl.cli._common import (
+    DEFAULT_MODEL_NAME,
     DryRunOpt,
     ForceOpt,
     JsonOpt,
+    ModelOpt,
     ProfileOpt,
     SetOpt,
     choice_option,
@@ -53,9 +55,7 @@ OPTIONS = {
 def quantize(
     ctx: typer.Context,
     name: Annotated[str, typer.Option("--name", "-n", help="Registry name of the quantized model.")],
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="Registry name or path of the full-precision model.")
-    ] = "smollm2-135m-instruct",
+    model: ModelOpt = DEFAULT_MODEL_NAME,
     backend: Annotated[
         str | None,
         choice_option(

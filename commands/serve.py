@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from llmctl.cli._common import (
+    DEFAULT_MODEL_NAME,
     ROPE_OPTIONS,
     DeviceOpt,
     DryRunOpt,
@@ -105,4 +106,4 @@ def serve(
         if hosts.coerce([name])[1]:
             raise UsageError(f"--allowed-host {name}: must be {hosts.allowed()}")
     config = resolve(ctx, "serve", OPTIONS)
-    run_serve(model or ["smollm2-135m-instruct"], served_name or [], config)
+    run_serve(model or [DEFAULT_MODEL_NAME], served_name or [], config)

@@ -40,6 +40,7 @@ CHECK_BREAKERS = {
     ("eval", "perplexity.length_buckets"): [2048, 512],
     ("eval", "passkey.context_lengths"): [4096, 32],
     ("export", "bits"): 5,
+    ("serve", "allowed_hosts"): ["*"],
     ("finetune", "reward.function"): "exact",
     **{
         (command, key): "gpu"
@@ -164,7 +165,7 @@ def test_the_issue_examples_read_as_typed(cli):
             "--set encode.val_fraction=1.5: must be at least 0 and less than 1",
         ),
         (("generate", "--top-p", "1.5"), "--top-p 1.5: must be greater than 0 and at most 1"),
-        (("generate", "-n", "0"), "-n 0: must be at least 1"),
+        (("generate", "--num-return-sequences", "0"), "--num-return-sequences 0: must be at least 1"),
         (("generate", "--top-p=1.5"), "--top-p 1.5: must be greater than 0 and at most 1"),
         (("eval", "--limit", "0"), "--limit 0: must be a whole count of at least 1 or a fraction in (0, 1)"),
         (("eval", "--num-fewshot", "-1"), "--num-fewshot -1: must be at least 0"),
