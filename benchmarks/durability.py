@@ -34,6 +34,25 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _shakespeare import LLMCTL, TEXT, llmctl  # noqa: E402
 
 VARYING = {"llmctl-entry.json", "llmctl-config.yaml", ".llmctl-output"}  # names, times, command lines
+# a data dir's index.json records how the run went besides what it holds: those keys are not compared
+RUN_FACTS = {"seconds", "mb_per_s", "command", "created", "name"}
+
+
+def _facts_dropped(value):
+    if isinstance(value, dict):
+        return {k: _facts_dropped(v) for k, v in value.items() if k not in RUN_FACTS}
+    if isinstance(value, list):
+        return [_facts_dropped(v) for v in value]
+    return value
+
+
+def _digest(path: Path) -> str:
+    if path.name in VARYING:
+        return ""
+    if path.name == "index.json":
+        data = json.dumps(_facts_dropped(json.loads(path.read_text())), sort_keys=True).encode()
+        return hashlib.sha256(data).hexdigest()
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def build_tiny(dest: Path, tokenizer_dir: Path) -> Path:
@@ -51,11 +70,7 @@ def build_tiny(dest: Path, tokenizer_dir: Path) -> Path:
 
 
 def manifest(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): ("" if p.name in VARYING else hashlib.sha256(p.read_bytes()).hexdigest())
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
+    return {str(p.relative_to(folder)): _digest(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def entry_path(name: str, env: dict) -> Path | None:
@@ -97,7 +112,7 @@ def fsync_cost(env: dict, tiny: Path, repeats: int, work: Path) -> dict:
     return out
 
 
-def kill_runs(env: dict, tiny: Path, runs: int, seed: int) -> dict:
+def kill_runs(env: dict, tiny: Path, runs: int, seed: int, only: set[str] | None = None) -> dict:
     """Each command complete once (reference files and duration), then `runs` times killed at random."""
     rng = random.Random(seed)
     commands = {
@@ -129,6 +144,8 @@ def kill_runs(env: dict, tiny: Path, runs: int, seed: int) -> dict:
     }
     out = {}
     for label, args in commands.items():
+        if only and label not in only:
+            continue
         started = time.perf_counter()
         llmctl(*args(f"{label}-ref"), env=env)
         full = time.perf_counter() - started
@@ -157,7 +174,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="runs per setting for the fsync cost (medians)")
     ap.add_argument("--kill-runs", type=int, default=20, help="killed runs per command")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--commands", default=None, help="kill -9 runs of these only: quantize,export,...")
+    ap.add_argument("--no-fsync-cost", action="store_true", help="skip the fsync timing")
     args = ap.parse_args()
+    only = set(args.commands.split(",")) if args.commands else None
     with tempfile.TemporaryDirectory(prefix="llmctl-durability-") as tmp:
         work = Path(tmp)
         env = {**os.environ, "LLMCTL_HOME": str(work / "home")}
@@ -166,8 +186,8 @@ def main() -> None:
         llmctl("models", "import", str(tiny), "--name", "tiny", "--link", env=env)
         cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                     if line.startswith("model name")), "?")  # fmt: skip
-        result = {"cpu": cpu, "fsync_cost": fsync_cost(env, tiny, args.repeats, work),
-                  "kill9": kill_runs(env, tiny, args.kill_runs, args.seed)}  # fmt: skip
+        cost = None if args.no_fsync_cost else fsync_cost(env, tiny, args.repeats, work)
+        result = {"cpu": cpu, "fsync_cost": cost, "kill9": kill_runs(env, tiny, args.kill_runs, args.seed, only)}
     print(json.dumps(result, indent=2))
 
 
