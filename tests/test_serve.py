@@ -104,6 +104,13 @@ def _register(home: Path, src: Path, name: str) -> None:
     subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
 
 
+def tiny_server(tmp_path_factory, model_dir: Path, *args: str) -> ServerProcess:
+    """`llmctl serve --model tiny ARGS` over model_dir, registered in a home of its own (module fixtures)."""
+    home = tmp_path_factory.mktemp("serve-home")
+    _register(home, model_dir, "tiny")
+    return ServerProcess(["--model", "tiny", *args], home).wait_ready()
+
+
 @pytest.fixture(scope="module")
 def served_home(tmp_path_factory, tiny_llama_dir) -> Path:
     home = tmp_path_factory.mktemp("serve-home")

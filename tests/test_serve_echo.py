@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_serve import ServerProcess, _register, http
+from test_serve import http, tiny_server
 
 from conftest import build_tiny_llama
 
@@ -25,9 +25,7 @@ def long_tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def echo_server(tmp_path_factory, long_tiny_dir):
-    home = tmp_path_factory.mktemp("echo-home")
-    _register(home, long_tiny_dir, "tiny")
-    srv = ServerProcess(["--model", "tiny", "--max-concurrency", "4"], home).wait_ready()
+    srv = tiny_server(tmp_path_factory, long_tiny_dir, "--max-concurrency", "4")
     yield srv
     srv.stop()
 

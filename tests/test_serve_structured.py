@@ -9,7 +9,7 @@ from typing import Literal
 import jsonschema
 import pydantic
 import pytest
-from test_serve import ServerProcess, _register, http
+from test_serve import http, tiny_server
 
 JSON = {"Content-Type": "application/json"}
 SCHEMA = {
@@ -27,9 +27,7 @@ SCHEMA = {
 
 @pytest.fixture(scope="module")
 def json_server(tmp_path_factory, tiny_llama_dir):
-    home = tmp_path_factory.mktemp("json-home")
-    _register(home, tiny_llama_dir, "tiny")
-    srv = ServerProcess(["--model", "tiny", "--max-concurrency", "4"], home).wait_ready()
+    srv = tiny_server(tmp_path_factory, tiny_llama_dir, "--max-concurrency", "4")
     yield srv
     srv.stop()
 

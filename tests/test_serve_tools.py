@@ -7,7 +7,7 @@ import json
 
 import jsonschema
 import pytest
-from test_serve import ServerProcess, _register, http
+from test_serve import ServerProcess, http, tiny_server
 
 from conftest import build_tiny_llama
 
@@ -31,9 +31,9 @@ TIME = {"type": "function", "function": {"name": "get_time", "parameters": {**ZO
 @pytest.fixture(scope="module")
 def tool_server(tmp_path_factory):
     """The tiny LLaMA with 2,048 positions: the tools' system message alone is ~750 of its byte-level tokens."""
-    home = tmp_path_factory.mktemp("tools-home")
-    _register(home, build_tiny_llama(tmp_path_factory.mktemp("tiny-2k"), max_position_embeddings=2048), "tiny")
-    srv = ServerProcess(["--model", "tiny"], home).wait_ready()
+    srv = tiny_server(
+        tmp_path_factory, build_tiny_llama(tmp_path_factory.mktemp("tiny-2k"), max_position_embeddings=2048)
+    )
     yield srv
     srv.stop()
 

@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 from llmctl.errors import LlmctlError, UsageError
-from llmctl.evaluate.tasks import PASSKEY, PERPLEXITY, REWARD_ACCURACY, _quiet_lmeval, load_tasks, parse_limit
+from llmctl.evaluate.tasks import PASSKEY, PERPLEXITY, REWARD_ACCURACY, _quiet_lmeval, load_tasks
 
 
 def server_models(base_url: str, timeout: float = 10.0) -> list[dict]:
@@ -116,7 +116,7 @@ def run_remote_eval(base_url: str, model: str, tasks: list[str], config: dict, *
     from lm_eval import simple_evaluate
 
     from llmctl.evaluate.gates import check_gates
-    from llmctl.evaluate.service import _finish, _resolve
+    from llmctl.evaluate.service import _finish, _resolve, harness_args
     from llmctl.evaluate.tasks import known_metrics, plan_tasks
 
     say = kw.get("progress") or (lambda _m: None)
@@ -131,17 +131,8 @@ def run_remote_eval(base_url: str, model: str, tasks: list[str], config: dict, *
         tm, objects, notes = load_tasks(plan, config, Path(tmp))
         check_gates(kw.get("gates") or [], known_metrics(objects, plan, config))
         say(f"Scoring {', '.join(plan.order)} against {base_url} ({served.get('id')}) …")
-        out = simple_evaluate(
-            model=remote_lm(base_url, served, tok_dir, config),
-            tasks=objects,
-            task_manager=tm,
-            num_fewshot=config.get("num_fewshot"),
-            limit=parse_limit(config.get("limit")),
-            bootstrap_iters=config["bootstrap_iters"],
-            log_samples=config["log_samples"],
-            apply_chat_template=config["apply_chat_template"],
-            system_instruction=config.get("system_instruction"),
-        )
+        lm = remote_lm(base_url, served, tok_dir, config)
+        out = simple_evaluate(model=lm, tasks=objects, task_manager=tm, **harness_args(config))
     results = out or {}
     result = _finish(
         None,

@@ -234,6 +234,21 @@ def _add_reward_accuracy(results: dict, model: str, path: Path, config: dict) ->
     results.setdefault("n-samples", {})[REWARD_ACCURACY] = {"original": out["n"], "effective": out["n"]}
 
 
+def harness_args(config: dict) -> dict:
+    """lm_eval.simple_evaluate's settings from a resolved eval config (in-process and `--base-url` alike)."""
+    seed = config.get("seed")
+    names = ("random_seed", "numpy_random_seed", "torch_random_seed", "fewshot_random_seed")
+    return {
+        "num_fewshot": config.get("num_fewshot"),
+        "limit": parse_limit(config.get("limit")),
+        "bootstrap_iters": config["bootstrap_iters"],
+        "log_samples": config["log_samples"],
+        "apply_chat_template": config["apply_chat_template"],
+        "system_instruction": config.get("system_instruction"),
+        **({} if seed is None else dict.fromkeys(names, seed)),
+    }
+
+
 def _score(loaded, plan, objects, tm, config: dict, d, say) -> dict:
     """Every task's results in lm-eval's layout (on rank 0; other ranks take part and get partial blocks)."""
     results: dict = {
@@ -250,29 +265,7 @@ def _score(loaded, plan, objects, tm, config: dict, d, say) -> dict:
 
         say("Scoring " + ", ".join(plan.local + plan.passthrough) + " with lm-eval …")
         lm = make_lm(loaded, parse_batch_size(config["batch_size"]), dist=d)
-        seed = config.get("seed")
-        seeds = (
-            {}
-            if seed is None
-            else {
-                "random_seed": seed,
-                "numpy_random_seed": seed,
-                "torch_random_seed": seed,
-                "fewshot_random_seed": seed,
-            }
-        )
-        out = simple_evaluate(
-            model=lm,
-            tasks=objects,
-            task_manager=tm,
-            num_fewshot=config.get("num_fewshot"),
-            limit=parse_limit(config.get("limit")),
-            bootstrap_iters=config["bootstrap_iters"],
-            log_samples=config["log_samples"],
-            apply_chat_template=config["apply_chat_template"],
-            system_instruction=config.get("system_instruction"),
-            **seeds,
-        )
+        out = simple_evaluate(model=lm, tasks=objects, task_manager=tm, **harness_args(config))
         results.update(out or {})  # None on ranks other than 0
     for name, run in ((PERPLEXITY, plan.perplexity_text is not None), (PASSKEY, plan.passkey)):
         if not run:

@@ -18,7 +18,6 @@ Examples:
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections.abc import Callable
