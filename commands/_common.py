@@ -23,8 +23,11 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from llmctl.config.schema import DEVICES, Field, dtype_field
+from llmctl.cli._options import completer, schema_field, schema_options
+from llmctl.config.schema import DEVICES, Field
 from llmctl.models.default import DEFAULT_MODEL_NAME
+
+__all__ = ["schema_field", "schema_options"]  # re-exported: commands import their option helpers from here
 
 # Logs, progress and tables for people go to stderr; stdout carries only results (--json).
 err = Console(stderr=True, highlight=False)
@@ -42,55 +45,48 @@ def command_line() -> str:
     return " ".join(["llmctl", *(shlex.quote(a) for a in _ARGS)])
 
 
-def schema_field(command: str, key: str) -> Field:
-    """The schema Field behind an option (`schema_field("tokenize", "train.type")`): its choices, its rule."""
-    import importlib
-
-    module = importlib.import_module(f"llmctl.schemas.{command.replace('-', '_')}")
-    field = module.SCHEMA.field(key)
-    if field is None:
-        raise KeyError(f"{command} has no key {key}")
-    return field
-
-
-def _completer(values: list[str]) -> Callable[[str], list[str]]:
-    def complete(incomplete: str) -> list[str]:
-        return [v for v in values if v.startswith(incomplete)]
-
-    return complete
-
-
-def _or_list(values: list[str]) -> str:
-    return values[0] if len(values) == 1 else f"{', '.join(values[:-1])} or {values[-1]}"
-
-
-def choice_option(*decls: str, field: Field, help: str) -> Any:
-    """A Typer option whose help and shell completion list the schema field's choices (one list, the schema's).
+def choice_option(*decls: str, field: Field | None = None, help: str | None = None) -> Any:
+    """A Typer option with a choice-valued schema field: `@schema_options` adds the choices to its help (from the
+    schema, so the list cannot drift) and to shell completion; `help` is the CLI-side wording, if any.
 
     The value is checked by the schema in `resolve`, so a bad one reads the same from a flag, --set or a profile.
 
     Examples:
-        method: Annotated[str | None, choice_option("--method", field=schema_field("prune", "method"),
-                                                       help="Pruning criterion")] = None
+        method: Annotated[str | None, choice_option("--method")] = None
     """
-    choices = [str(c) for c in field.choices or []]
-    also = f" ({', '.join(field.aliases)} too)" if field.aliases else ""
-    return typer.Option(
-        *decls,
-        help=f"{help}: {_or_list(choices)}{also}.",
-        autocompletion=_completer(choices + list(field.aliases or {})),
-    )
+    return typer.Option(*decls, help=help)
 
 
-# --model of every command that takes one model: declared once (issue 28), the default model by name
-ModelOpt = Annotated[
-    str,
-    typer.Option(
-        "--model",
-        "-m",
-        help=f"Registry name or model path (an adapter folder or .gguf too); default {DEFAULT_MODEL_NAME}.",
-    ),
+# The options every command shares, declared once (issue 28). Those mapped to a profile key take their help,
+# bounds, choices and default from the command's schema field (`@schema_options`); the others say it here.
+MODEL_FLAGS = ("--model", "-m")
+MODEL_HELP = f"Registry name or model path (an adapter folder or .gguf too); default {DEFAULT_MODEL_NAME}."
+ModelOpt = Annotated[str, typer.Option(*MODEL_FLAGS, help=MODEL_HELP)]
+# `serve` takes several: the same flag and help, repeatable
+ModelsOpt = Annotated[list[str] | None, typer.Option(*MODEL_FLAGS, help=MODEL_HELP + " Repeat for several.")]
+# --name: required where a command makes a model (a parameter without a default: click's usage error, exit 2),
+# optional where it only registers a result too (`= None`: export, tokenize train/encode, models import)
+NameOpt = Annotated[
+    str | None,
+    typer.Option("--name", "-n", help="Registry name of the result (a new name; --force replaces an existing one)."),
 ]
+SeedOpt = Annotated[int | None, typer.Option("--seed")]
+DtypeOpt = Annotated[str | None, typer.Option("--dtype")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", autocompletion=completer(DEVICES))]
+# the calibration group of `quantize` and `prune` (calib.* and eval.* keys)
+CalibDataOpt = Annotated[str | None, typer.Option("--calib-data")]
+CalibSamplesOpt = Annotated[int | None, typer.Option("--calib-samples")]
+CalibSeqlenOpt = Annotated[int | None, typer.Option("--calib-seqlen")]
+EvalDataOpt = Annotated[str | None, typer.Option("--eval-data")]
+EvalTokensOpt = Annotated[int | None, typer.Option("--eval-tokens")]
+CALIB_OPTIONS = {
+    "calib_data": "calib.data",
+    "calib_samples": "calib.samples",
+    "calib_seqlen": "calib.seqlen",
+    "seed": "calib.seed",
+    "eval_data": "eval.data",
+    "eval_tokens": "eval.tokens",
+}
 ProfileOpt = Annotated[
     str | None, typer.Option("--profile", "-p", help="Profile name or YAML path (see `llmctl profiles list`).")
 ]
@@ -98,14 +94,24 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a profile key: --set a.b=value (repeat --set for each key)."),
 ]
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")]
+DryRunOpt = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run",
+        help="Print the resolved config (and, for training, quantize and prune, the peak-memory estimate) and exit.",
+    ),
+]
+EstimateStepsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--estimate-steps",
+        min=1,
+        help="Run N real steps in a scratch home (nothing saved or registered), print the memory estimate with "
+        "the measured seconds per step, and exit.",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one machine-readable JSON result on stdout.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output or model name.")]
-DeviceOpt = Annotated[
-    str | None,
-    typer.Option("--device", help="Device: auto, cpu, cuda, cuda:N or mps.", autocompletion=_completer(DEVICES)),
-]
-DtypeOpt = Annotated[str | None, choice_option("--dtype", field=dtype_field("auto", ""), help="Dtype")]
 
 
 def emit_json(obj: Any) -> None:
@@ -118,12 +124,19 @@ def emit_json(obj: Any) -> None:
 Options = Mapping[str, Any]
 
 
-def resolve(ctx: typer.Context, command: str, options: Options, extra: dict | None = None) -> dict:
+def resolve(
+    ctx: typer.Context,
+    command: str,
+    options: Options,
+    extra: dict | None = None,
+    estimate: Callable[[dict], dict] | None = None,
+) -> dict:
     """Resolve a command's config from its options, --profile and --set; with --dry-run print it and stop.
 
     `options` maps each python parameter to its dotted profile key, or to (key, convert) when the value needs
     converting first; Paths become text. `extra` adds derived explicit values. Reads `profile`, `set_`,
-    `dry_run` and `json_out` from the command's parameters.
+    `dry_run` and `json_out` from the command's parameters. `estimate(config)` (the service's memory and time
+    estimate) is printed with --dry-run (stderr; `estimate` in --json), and --estimate-steps N implies --dry-run.
 
     Examples:
         config = resolve(ctx, "generate", {"top_p": "top_p", "dtype": "dtype"})
@@ -149,11 +162,16 @@ def resolve(ctx: typer.Context, command: str, options: Options, extra: dict | No
         spelled[key] = typed_as(ctx, name, params[name])
     explicit.update(extra or {})
     config = resolve_config(command, params.get("profile"), params.get("set_"), explicit, spelled=spelled)
-    if params.get("dry_run"):
+    if params.get("dry_run") or params.get("estimate_steps"):
+        est = estimate(config) if estimate is not None else None
         if params.get("json_out"):
-            emit_json(config)
+            emit_json(config | {"estimate": est} if est is not None else config)
         else:
             sys.stdout.write(dump_config(config))
+            if est is not None:
+                from llmctl.training.estimate import describe
+
+                err.print("\n".join(describe(est)))
         raise typer.Exit(0)
     return config
 
@@ -187,18 +205,21 @@ def _spelling(opts: list[str]) -> tuple[str, str | None]:
     return found or (max(opts, key=len), None)
 
 
-# The common training knobs: same option names in `pretrain` and `finetune` (they override the profile).
-MaxStepsOpt = Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps to run.")]
-EpochsOpt = Annotated[float | None, typer.Option("--epochs", help="Passes over the data (sets max steps).")]
-LrOpt = Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")]
-BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", help="Sequences per micro-batch.")]
-GradAccumOpt = Annotated[int | None, typer.Option("--grad-accum", help="Micro-batches per optimizer step.")]
-SeqLenOpt = Annotated[int | None, typer.Option("--seq-len", help="Tokens per training sequence.")]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed.")]
-EvalEveryOpt = Annotated[int | None, typer.Option("--eval-every", help="Steps between validation runs (0 = off).")]
-SaveEveryOpt = Annotated[int | None, typer.Option("--save-every", help="Steps between checkpoints (0 = end only).")]
+# The common training knobs: same option names in `pretrain` and `finetune` (they override the profile); help,
+# bounds and default from each command's `train.*` schema field (the two commands' defaults differ).
+MaxStepsOpt = Annotated[int | None, typer.Option("--max-steps")]
+EpochsOpt = Annotated[float | None, typer.Option("--epochs")]
+LrOpt = Annotated[float | None, typer.Option("--lr")]
+BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size")]
+GradAccumOpt = Annotated[int | None, typer.Option("--grad-accum")]
+SeqLenOpt = Annotated[int | None, typer.Option("--seq-len")]
+EvalEveryOpt = Annotated[int | None, typer.Option("--eval-every")]
+SaveEveryOpt = Annotated[int | None, typer.Option("--save-every")]
 
-# The options above, as `pretrain` and `finetune` map them to their `train.*` profile keys.
+# `--report-to tensorboard,csv,mlflow,wandb`: where the run's metrics go (`tracking.report_to`)
+ReportToOpt = Annotated[str | None, typer.Option("--report-to")]
+
+# The options above, as `pretrain` and `finetune` map them to their `train.*` (and `tracking.*`) profile keys.
 TRAIN_OPTIONS = {
     name: f"train.{name}"
     for name in (
@@ -214,26 +235,13 @@ TRAIN_OPTIONS = {
         "device",
         "dtype",
     )
-}
+} | {"report_to": "tracking.report_to"}
 
 
 # RoPE scaling: the same three options in pretrain, finetune, generate, eval (and serve), mapped to `rope.*`.
-def _rope_field(key: str) -> Field:
-    from llmctl.schemas._rope import rope_section
-
-    return rope_section().children[key]
-
-
-RopeScalingOpt = Annotated[
-    str | None, choice_option("--rope-scaling", field=_rope_field("scaling"), help="RoPE scaling for longer contexts")
-]
-RopeFactorOpt = Annotated[
-    float | None, typer.Option("--rope-factor", help="RoPE context multiplier (> 1): new length = original x factor.")
-]
-RopeOriginalOpt = Annotated[
-    int | None,
-    typer.Option("--rope-original-length", help="The context the model was trained at (default: from its config)."),
-]
+RopeScalingOpt = Annotated[str | None, typer.Option("--rope-scaling")]
+RopeFactorOpt = Annotated[float | None, typer.Option("--rope-factor")]
+RopeOriginalOpt = Annotated[int | None, typer.Option("--rope-original-length")]
 ROPE_OPTIONS = {
     "rope_scaling": "rope.scaling",
     "rope_factor": "rope.factor",

@@ -29,6 +29,7 @@ from llmctl.cli._common import (
     RopeFactorOpt,
     RopeOriginalOpt,
     RopeScalingOpt,
+    SeedOpt,
     SetOpt,
     command_line,
     emit_json,
@@ -36,6 +37,7 @@ from llmctl.cli._common import (
     int_list,
     out,
     resolve,
+    schema_options,
 )
 
 _LAYOUT = """
@@ -59,6 +61,12 @@ passkey: a number hidden at several depths of filler text (no data needed);
   accuracy per (length, depth) for --context-lengths, heat-map with --plot.
 reward_accuracy: a reward model (finetune --objective reward) on preference
   pairs in --data FILE: pair_accuracy (chosen scored above rejected), mean_margin.
+exact_match: greedy answers to {"prompt", "answer"} records in --data FILE, read
+  by --set exact_match.extract=number|last_line|exact (number: GRPO's math_exact).
+win_rate: greedy answers of --model and --reference to the prompts in --data,
+  scored by --reward-model: win_rate (ties half), reward_diff, kl_per_token.
+preference_accuracy: --model's implicit reward on pairs in --data: log-ratio
+  to --reference (DPO/IPO/KTO), or without it its own mean log-prob (ORPO/SimPO).
 --rope-scaling linear|dynamic|yarn|llama3 --rope-factor F: RoPE scaling on load.
 Under torchrun every process takes a share of the requests (same scores).
 --fail-under task.metric=value: exit 3 when below (above, for perplexities).
@@ -71,7 +79,11 @@ app = typer.Typer(
 
 TasksOpt = Annotated[
     list[str] | None,
-    typer.Option("--tasks", help="Comma-separated tasks (repeatable): lm-eval names, perplexity or reward_accuracy."),
+    typer.Option(
+        "--tasks",
+        help="Comma-separated tasks (repeatable): lm-eval names, perplexity, passkey, reward_accuracy, exact_match, "
+        "win_rate or preference_accuracy.",
+    ),
 ]
 DataDirOpt = Annotated[
     Path | None,
@@ -80,9 +92,8 @@ DataDirOpt = Annotated[
 FewshotOpt = Annotated[
     int | None, typer.Option("--num-fewshot", help="Few-shot examples per item (default: the task's).")
 ]
-LimitOpt = Annotated[float | None, typer.Option("--limit", help="Items per task: a count, or a fraction in (0, 1).")]
+LimitOpt = Annotated[float | None, typer.Option("--limit", help="Items per task")]
 BatchOpt = Annotated[str | None, typer.Option("--batch-size", help="lm-eval batch size: an integer or auto.")]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed for python, numpy, torch and few-shot sampling.")]
 ChatOpt = Annotated[
     bool | None,
     typer.Option("--apply-chat-template/--no-chat-template", help="Wrap prompts in the model's chat template."),
@@ -91,7 +102,21 @@ PplDataOpt = Annotated[
     Path | None,
     typer.Option(
         "--data",
-        help="perplexity: a text file (default: wikitext test file in --data-dir); reward_accuracy: preference pairs.",
+        help="perplexity: a text file (default: wikitext test file in --data-dir); reward_accuracy, "
+        "preference_accuracy: preference pairs; exact_match: {prompt, answer} records; win_rate: prompts.",
+    ),
+]
+RewardModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--reward-model", help="win_rate: the reward model scoring both answers (finetune --objective reward)."
+    ),
+]
+ReferenceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--reference",
+        help="win_rate: the model compared with; preference_accuracy: the reference of the implicit reward.",
     ),
 ]
 SeqlenOpt = Annotated[int | None, typer.Option("--seqlen", help="perplexity: window length in tokens.")]
@@ -129,11 +154,14 @@ OPTIONS = {
     "max_tokens": "perplexity.max_tokens",
     "length_buckets": ("perplexity.length_buckets", int_list),
     "context_lengths": ("passkey.context_lengths", int_list),
+    "reward_model": "reward_model",
+    "reference": "reference",
     **ROPE_OPTIONS,
 }
 
 
 @app.callback(epilog=_LAYOUT)
+@schema_options("eval", OPTIONS)
 def eval_(
     ctx: typer.Context,
     model: ModelOpt = DEFAULT_MODEL_NAME,
@@ -178,6 +206,8 @@ def eval_(
     max_tokens: MaxTokOpt = None,
     length_buckets: BucketsOpt = None,
     context_lengths: LengthsOpt = None,
+    reward_model: RewardModelOpt = None,
+    reference: ReferenceOpt = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="passkey: write the accuracy heat-map PNG here.")] = None,
     rope_scaling: RopeScalingOpt = None,
     rope_factor: RopeFactorOpt = None,
@@ -204,6 +234,9 @@ def eval_(
         llmctl eval --model M --tasks passkey --context-lengths 4096,8192,16384 --plot passkey.png
         llmctl eval --model M --tasks perplexity --data long.txt --length-buckets 512,2048,8192
         llmctl eval --model M --base-url http://127.0.0.1:8000 --tasks hellaswag --limit 200   # a served model
+        llmctl eval --model grpo-math --tasks exact_match --data heldout.jsonl --fail-under exact_match.exact_match=0.3
+        llmctl eval --model ppo-lora --tasks win_rate --data prompts.jsonl --reward-model rm --reference base
+        llmctl eval --model dpo-lora --tasks preference_accuracy --data pairs.jsonl --reference base
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -213,25 +246,11 @@ def eval_(
     from llmctl.config.profiles import side_config_path
     from llmctl.errors import GateFailed, UsageError
     from llmctl.evaluate import parse_gates, parse_tasks, run_eval, write_results
-    from llmctl.paths import check_output_path
 
     config = resolve(ctx, "eval", OPTIONS)
     task_list = parse_tasks(config["tasks"])
     gates = parse_gates(fail_under, task_list)
-    if config["log_samples"] and output is None:
-        raise UsageError("--log-samples needs --output (samples are written beside it)")
-    if output is not None:  # before the model loads: a bad path must not cost the whole evaluation
-        check_output_path(output, force, what="--output", folder=False)
-        sides = [side_config_path(output)]  # side files follow --output's --force rule
-        if config["log_samples"]:
-            sides += [output.with_name(f"{output.stem}.samples_{task}.jsonl") for task in task_list]
-        for side in sides:
-            check_output_path(side, force, what="--output's side file", folder=False)
-    heatmap = plot or (output.with_name(output.stem + ".passkey.png") if output is not None else None)
-    if plot is not None:
-        if "passkey" not in task_list:
-            raise UsageError("--plot draws the passkey heat-map; add passkey to --tasks")
-        check_output_path(plot, force, what="--plot", folder=False)
+    heatmap = _check_outputs(output, plot, force, config["log_samples"], task_list)
     if base_url is None and (served_name or tokenizer):
         raise UsageError("--served-name and --tokenizer go with --base-url", hint="add --base-url URL or drop them")
     if base_url is not None and adapter:
@@ -300,6 +319,29 @@ def eval_(
         )
 
 
+def _check_outputs(output: Path | None, plot: Path | None, force: bool, log_samples: bool, tasks: list) -> Path | None:
+    """Refuse bad output paths before the model loads (a bad path must not cost the whole evaluation); returns
+    where the passkey heat-map goes (--plot, or beside --output)."""
+    from llmctl.config.profiles import side_config_path
+    from llmctl.errors import UsageError
+    from llmctl.paths import check_output_path
+
+    if log_samples and output is None:
+        raise UsageError("--log-samples needs --output (samples are written beside it)")
+    if output is not None:
+        check_output_path(output, force, what="--output", folder=False)
+        sides = [side_config_path(output)]  # side files follow --output's --force rule
+        if log_samples:
+            sides += [output.with_name(f"{output.stem}.samples_{task}.jsonl") for task in tasks]
+        for side in sides:
+            check_output_path(side, force, what="--output's side file", folder=False)
+    if plot is not None:
+        if "passkey" not in tasks:
+            raise UsageError("--plot draws the passkey heat-map; add passkey to --tasks")
+        check_output_path(plot, force, what="--plot", folder=False)
+    return plot or (output.with_name(output.stem + ".passkey.png") if output is not None else None)
+
+
 def _fmt(value: float) -> str:
     return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
 
@@ -332,6 +374,7 @@ def _print_passkey(result) -> None:
 
 
 @app.command("compare")
+@schema_options("eval", OPTIONS)
 def compare_cmd(
     ctx: typer.Context,
     models: Annotated[list[str], typer.Argument(help="Registry names or paths of the models to compare.")],
@@ -348,6 +391,8 @@ def compare_cmd(
     max_tokens: MaxTokOpt = None,
     length_buckets: BucketsOpt = None,
     context_lengths: LengthsOpt = None,
+    reward_model: RewardModelOpt = None,
+    reference: ReferenceOpt = None,
     rope_scaling: RopeScalingOpt = None,
     rope_factor: RopeFactorOpt = None,
     rope_original_length: RopeOriginalOpt = None,

@@ -18,14 +18,14 @@ from llmctl.cli._common import (
     ForceOpt,
     JsonOpt,
     ModelOpt,
+    NameOpt,
     ProfileOpt,
     SetOpt,
-    choice_option,
     command_line,
     emit_json,
     err,
     resolve,
-    schema_field,
+    schema_options,
 )
 
 # Option → profile key: every value given here is checked by llmctl/schemas/export.py.
@@ -42,41 +42,23 @@ OPTIONS = {
 }
 
 
+@schema_options("export", OPTIONS)
 def export(
     ctx: typer.Context,
     model: ModelOpt = DEFAULT_MODEL_NAME,
-    format_: Annotated[
-        str | None, choice_option("--format", "-f", field=schema_field("export", "format"), help="Target")
-    ] = None,
-    type_: Annotated[
-        str | None,
-        choice_option("--type", field=schema_field("export", "type"), help="GGUF type (gguf, ollama), dtype (hf)"),
-    ] = None,
-    bits: Annotated[int | None, typer.Option("--bits", help="OpenVINO weight bits: 4 or 8.")] = None,
-    group_size: Annotated[
-        int | None, typer.Option("--group-size", help="OpenVINO --bits 4: weights per group (-1 = per channel).")
-    ] = None,
+    format_: Annotated[str | None, typer.Option("--format", "-f")] = None,
+    type_: Annotated[str | None, typer.Option("--type")] = None,
+    bits: Annotated[int | None, typer.Option("--bits")] = None,
+    group_size: Annotated[int | None, typer.Option("--group-size")] = None,
     output: Annotated[
         str | None, typer.Option("--output", "-o", help="File (gguf) or folder to write; a folder for gguf too.")
     ] = None,
-    name: Annotated[str | None, typer.Option("--name", "-n", help="Register the export under this name.")] = None,
-    lora_gguf: Annotated[
-        bool | None, typer.Option("--lora-gguf", help="Adapter → GGUF LoRA file (llama.cpp --lora), not merged.")
-    ] = None,
-    template: Annotated[
-        str | None,
-        choice_option("--template", field=schema_field("export", "template"), help="Chat template for GGUF/Ollama"),
-    ] = None,
-    check: Annotated[
-        bool | None, typer.Option("--check/--no-check", help="Parity check against the source (on by default).")
-    ] = None,
-    check_data: Annotated[
-        str | None, typer.Option("--check-data", help="Held-out text for the perplexity check (default: bundled).")
-    ] = None,
-    max_ppl_increase: Annotated[
-        float | None,
-        typer.Option("--max-ppl-increase", help="Gate: largest relative perplexity increase (default per type)."),
-    ] = None,
+    name: NameOpt = None,
+    lora_gguf: Annotated[bool | None, typer.Option("--lora-gguf")] = None,
+    template: Annotated[str | None, typer.Option("--template")] = None,
+    check: Annotated[bool | None, typer.Option("--check/--no-check")] = None,
+    check_data: Annotated[str | None, typer.Option("--check-data")] = None,
+    max_ppl_increase: Annotated[float | None, typer.Option("--max-ppl-increase")] = None,
     profile: ProfileOpt = None,
     set_: SetOpt = None,
     dry_run: DryRunOpt = False,

@@ -24,6 +24,7 @@ from llmctl.cli._common import (
     DryRunOpt,
     DtypeOpt,
     EpochsOpt,
+    EstimateStepsOpt,
     EvalEveryOpt,
     ForceOpt,
     GradAccumOpt,
@@ -31,7 +32,9 @@ from llmctl.cli._common import (
     LrOpt,
     MaxStepsOpt,
     ModelOpt,
+    NameOpt,
     ProfileOpt,
+    ReportToOpt,
     RopeFactorOpt,
     RopeOriginalOpt,
     RopeScalingOpt,
@@ -45,6 +48,7 @@ from llmctl.cli._common import (
     err,
     resolve,
     schema_field,
+    schema_options,
 )
 
 # Option → profile key: every value given here is checked by llmctl/schemas/finetune.py.
@@ -61,14 +65,15 @@ OPTIONS = {
 }
 
 
+@schema_options("finetune", OPTIONS)
 def finetune(
     ctx: typer.Context,
+    name: NameOpt,
     model: ModelOpt = DEFAULT_MODEL_NAME,
     data: Annotated[
         Path | None,
         typer.Option("--data", "-d", help="Alpaca, chat (messages), text, preference or prompts: JSONL/JSON/Parquet."),
     ] = None,
-    name: Annotated[str | None, typer.Option("--name", "-n", help="Registry name of the result.")] = None,
     method: Annotated[
         str | None, choice_option("--method", field=schema_field("finetune", "method"), help="What is trained")
     ] = None,
@@ -109,6 +114,7 @@ def finetune(
     seed: SeedOpt = None,
     eval_every: EvalEveryOpt = None,
     save_every: SaveEveryOpt = None,
+    report_to: ReportToOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     rope_scaling: RopeScalingOpt = None,
@@ -117,6 +123,7 @@ def finetune(
     profile: ProfileOpt = None,
     set_: SetOpt = None,
     dry_run: DryRunOpt = False,
+    estimate_steps: EstimateStepsOpt = None,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -134,12 +141,11 @@ def finetune(
     """
     from llmctl.errors import UsageError
     from llmctl.finetune import finetune as run_finetune
+    from llmctl.finetune.service import estimate
 
-    config = resolve(ctx, "finetune", OPTIONS)
+    config = resolve(ctx, "finetune", OPTIONS, estimate=lambda c: estimate(model, c, data, estimate_steps or 0))
     if data is None:
         raise UsageError("missing --data FILE (Alpaca JSON/JSONL, chat JSONL, text JSONL, preference or prompts JSONL)")
-    if not name:
-        raise UsageError("missing --name for the result (a new registry name)")
 
     def on_log(line: str) -> None:
         err.print(line)

@@ -27,13 +27,13 @@ from llmctl.cli._common import (
     RopeFactorOpt,
     RopeOriginalOpt,
     RopeScalingOpt,
+    SeedOpt,
     SetOpt,
-    choice_option,
     command_line,
     emit_json,
     err,
     resolve,
-    schema_field,
+    schema_options,
 )
 
 # Option → profile key: every value given here is checked by llmctl/schemas/generate.py.
@@ -63,6 +63,7 @@ OPTIONS = {
 } | ROPE_OPTIONS
 
 
+@schema_options("generate", OPTIONS)
 def generate(
     ctx: typer.Context,
     model: ModelOpt = DEFAULT_MODEL_NAME,
@@ -71,48 +72,29 @@ def generate(
         Path | None, typer.Option("--input", "-i", help='JSONL of {"prompt": …} or {"messages": […]} lines.')
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write batch results here as JSONL.")] = None,
-    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="Tokens to generate at most.")] = None,
-    temperature: Annotated[float | None, typer.Option("--temperature", help="Sampling temperature (>= 0).")] = None,
-    top_k: Annotated[
-        int | None, typer.Option("--top-k", help="Sample from the k most likely tokens (0 = off).")
-    ] = None,
-    top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling mass in (0, 1].")] = None,
-    do_sample: Annotated[bool | None, typer.Option("--do-sample/--greedy", help="Sample, or decode greedily.")] = None,
-    num_beams: Annotated[int | None, typer.Option("--num-beams", help="Beam search width.")] = None,
-    length_penalty: Annotated[
-        float | None, typer.Option("--length-penalty", help="Beam search length exponent.")
-    ] = None,
-    repetition_penalty: Annotated[
-        float | None, typer.Option("--repetition-penalty", help="Penalty on repeated tokens (1 = off).")
-    ] = None,
-    frequency_penalty: Annotated[
-        float | None, typer.Option("--frequency-penalty", help="Penalty per earlier occurrence, -2..2.")
-    ] = None,
-    presence_penalty: Annotated[
-        float | None, typer.Option("--presence-penalty", help="Penalty once a token occurred, -2..2.")
-    ] = None,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens")] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k")] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p")] = None,
+    do_sample: Annotated[bool | None, typer.Option("--do-sample/--greedy")] = None,
+    num_beams: Annotated[int | None, typer.Option("--num-beams")] = None,
+    length_penalty: Annotated[float | None, typer.Option("--length-penalty")] = None,
+    repetition_penalty: Annotated[float | None, typer.Option("--repetition-penalty")] = None,
+    frequency_penalty: Annotated[float | None, typer.Option("--frequency-penalty")] = None,
+    presence_penalty: Annotated[float | None, typer.Option("--presence-penalty")] = None,
     stop: Annotated[
-        list[str] | None, typer.Option("--stop", help="Stop sequence, trimmed from the output (repeatable).")
+        list[str] | None, typer.Option("--stop", help="Stop sequence, trimmed from the output (repeatable)")
     ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Random seed.")] = None,
-    num_return_sequences: Annotated[
-        int | None, typer.Option("--num-return-sequences", help="Answers per prompt.")
-    ] = None,
-    chat: Annotated[
-        bool | None,
-        typer.Option("--chat/--no-chat", help="Apply the model's chat template (default: when it has one)."),
-    ] = None,
-    system: Annotated[str | None, typer.Option("--system", help="System message for chat models.")] = None,
+    seed: SeedOpt = None,
+    num_return_sequences: Annotated[int | None, typer.Option("--num-return-sequences")] = None,
+    chat: Annotated[bool | None, typer.Option("--chat/--no-chat")] = None,
+    system: Annotated[str | None, typer.Option("--system")] = None,
     stream: Annotated[bool, typer.Option("--stream", help="Print tokens as they come (single prompt).")] = False,
     adapter: Annotated[
         str | None, typer.Option("--adapter", help="PEFT adapter (name or path) on top of the model.")
     ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help="Prompts per forward pass in batch mode.")
-    ] = None,
-    backend: Annotated[
-        str | None, choice_option("--backend", field=schema_field("generate", "backend"), help="Inference backend")
-    ] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
+    backend: Annotated[str | None, typer.Option("--backend")] = None,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     rope_scaling: RopeScalingOpt = None,

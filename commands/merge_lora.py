@@ -13,38 +13,33 @@ import typer
 
 from llmctl.cli._common import (
     DryRunOpt,
+    DtypeOpt,
     ForceOpt,
     JsonOpt,
+    NameOpt,
     ProfileOpt,
     SetOpt,
-    choice_option,
     command_line,
     emit_json,
     err,
     resolve,
-    schema_field,
+    schema_options,
 )
 
 # Option → profile key: every value given here is checked by llmctl/schemas/merge_lora.py.
 OPTIONS = {"dtype": "dtype", "requantize": "requantize"}
 
 
+@schema_options("merge-lora", OPTIONS)
 def merge_lora(
     ctx: typer.Context,
     adapter: Annotated[str, typer.Option("--adapter", "-a", help="Adapter: registry name or adapter folder.")],
-    name: Annotated[str | None, typer.Option("--name", "-n", help="Registry name of the merged model.")] = None,
+    name: NameOpt,
     base: Annotated[
         str | None, typer.Option("--base", help="Base model (default: the adapter's recorded parent).")
     ] = None,
-    dtype: Annotated[
-        str | None, choice_option("--dtype", field=schema_field("merge-lora", "dtype"), help="Saved weights dtype")
-    ] = None,
-    requantize: Annotated[
-        str | None,
-        choice_option(
-            "--requantize", field=schema_field("merge-lora", "requantize"), help="Re-quantize the merged model"
-        ),
-    ] = None,
+    dtype: DtypeOpt = None,
+    requantize: Annotated[str | None, typer.Option("--requantize")] = None,
     profile: ProfileOpt = None,
     set_: SetOpt = None,
     dry_run: DryRunOpt = False,

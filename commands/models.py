@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from llmctl.cli._common import ForceOpt, JsonOpt, command_line, emit_json, err, out
+from llmctl.cli._common import ForceOpt, JsonOpt, NameOpt, command_line, emit_json, err, out
 
 app = typer.Typer(help="List, show, import and remove models in the registry.", no_args_is_help=True)
 
@@ -109,7 +109,7 @@ def import_(
             help="HF model folder, PEFT adapter folder, .gguf file, or 'smollm2-135m-instruct' (the built-in default)."
         ),
     ],
-    name: Annotated[str | None, typer.Option("--name", "-n", help="Registry name (default: from SRC).")] = None,
+    name: NameOpt = None,
     link: Annotated[bool, typer.Option("--link", help="Register the folder in place instead of copying it.")] = False,
     max_size: Annotated[
         str,
@@ -124,7 +124,8 @@ def import_(
 ) -> None:
     """Import a model into the registry (GGUF files are converted to safetensors once).
 
-    A copied folder must not link outside itself; links inside it are copied as the files they point to.
+    Without --name the model is named from SRC (its folder or file name). A copied folder must not link outside
+    itself; links inside it are copied as the files they point to.
 
     Examples:
         llmctl models import smollm2-135m-instruct
@@ -150,6 +151,7 @@ def remove(
     delete_files: Annotated[
         bool, typer.Option("--delete-files", help="Also delete the model's folder (llmctl-managed folders only).")
     ] = False,
+    # not the shared ForceOpt: here --force overrides the children guard, there it replaces an existing output
     force: Annotated[
         bool,
         typer.Option(

@@ -21,13 +21,16 @@ from llmctl.cli._common import (
     DryRunOpt,
     DtypeOpt,
     EpochsOpt,
+    EstimateStepsOpt,
     EvalEveryOpt,
     ForceOpt,
     GradAccumOpt,
     JsonOpt,
     LrOpt,
     MaxStepsOpt,
+    NameOpt,
     ProfileOpt,
+    ReportToOpt,
     RopeFactorOpt,
     RopeOriginalOpt,
     RopeScalingOpt,
@@ -39,15 +42,15 @@ from llmctl.cli._common import (
     emit_json,
     err,
     resolve,
+    schema_options,
 )
 
 
+@schema_options("pretrain", TRAIN_OPTIONS | ROPE_OPTIONS)
 def pretrain(
     ctx: typer.Context,
     data: Annotated[Path, typer.Option("--data", "-d", help="Tokenized data dir (from `llmctl tokenize encode`).")],
-    name: Annotated[
-        str, typer.Option("--name", "-n", help="Registry name of the trained model (run dir: $LLMCTL_HOME/runs/NAME).")
-    ],
+    name: NameOpt,
     tokenizer: Annotated[
         str | None,
         typer.Option("--tokenizer", help="Tokenizer (name or folder); must be the one the data was encoded with."),
@@ -62,6 +65,7 @@ def pretrain(
     seed: SeedOpt = None,
     eval_every: EvalEveryOpt = None,
     save_every: SaveEveryOpt = None,
+    report_to: ReportToOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     rope_scaling: RopeScalingOpt = None,
@@ -70,6 +74,7 @@ def pretrain(
     profile: ProfileOpt = None,
     set_: SetOpt = None,
     dry_run: DryRunOpt = False,
+    estimate_steps: EstimateStepsOpt = None,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -82,8 +87,14 @@ def pretrain(
         torchrun --nproc_per_node 2 $(which llmctl) pretrain -p llama-125m --data D --name l --set dist.strategy=fsdp
     """
     from llmctl.pretrain import pretrain as run_pretrain
+    from llmctl.pretrain.service import estimate
 
-    config = resolve(ctx, "pretrain", TRAIN_OPTIONS | ROPE_OPTIONS)
+    config = resolve(
+        ctx,
+        "pretrain",
+        TRAIN_OPTIONS | ROPE_OPTIONS,
+        estimate=lambda c: estimate(data, c, tokenizer, estimate_steps or 0),
+    )
     result = run_pretrain(
         data,
         name,

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.syntax import Syntax
 from rich.table import Table
 
 from llmctl.cli._common import JsonOpt, emit_json, out
@@ -74,6 +73,8 @@ def show(
         llmctl profiles show generate/creative
         llmctl profiles show generate/default --defaults
     """
+    from rich.syntax import Syntax  # here: pygments' YAML lexer costs ~0.1 s that `profiles list` need not pay
+
     from llmctl.config.profiles import documented_defaults, find_profile, load_profile_file, schema_for
 
     info = find_profile(None, name)

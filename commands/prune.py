@@ -12,19 +12,26 @@ from typing import Annotated
 import typer
 
 from llmctl.cli._common import (
+    CALIB_OPTIONS,
     DEFAULT_MODEL_NAME,
+    CalibDataOpt,
+    CalibSamplesOpt,
+    CalibSeqlenOpt,
     DryRunOpt,
+    EvalDataOpt,
+    EvalTokensOpt,
     ForceOpt,
     JsonOpt,
     ModelOpt,
+    NameOpt,
     ProfileOpt,
+    SeedOpt,
     SetOpt,
-    choice_option,
     command_line,
     emit_json,
     err,
     resolve,
-    schema_field,
+    schema_options,
 )
 
 # Option → profile key: every value given here is checked by llmctl/schemas/prune.py.
@@ -35,52 +42,27 @@ OPTIONS = {
     "structure": "structure",
     "ratio": "ratio",
     "true_sequential": "true_sequential",
-    "calib_data": "calib.data",
-    "calib_samples": "calib.samples",
-    "calib_seqlen": "calib.seqlen",
-    "seed": "calib.seed",
-    "eval_data": "eval.data",
-    "eval_tokens": "eval.tokens",
+    **CALIB_OPTIONS,
 }
 
 
+@schema_options("prune", OPTIONS)
 def prune(
     ctx: typer.Context,
-    name: Annotated[str, typer.Option("--name", "-n", help="Registry name of the pruned model.")],
+    name: NameOpt,
     model: ModelOpt = DEFAULT_MODEL_NAME,
-    method: Annotated[
-        str | None, choice_option("--method", field=schema_field("prune", "method"), help="Pruning criterion")
-    ] = None,
-    sparsity: Annotated[float | None, typer.Option("--sparsity", help="Share of zero weights, in (0, 1).")] = None,
-    pattern: Annotated[
-        str | None, typer.Option("--pattern", help="N:M sparsity: N non-zeros per M inputs (2:4, 4:8).")
-    ] = None,
-    structure: Annotated[
-        str | None, choice_option("--structure", field=schema_field("prune", "structure"), help="Remove whole units")
-    ] = None,
-    ratio: Annotated[
-        float | None, typer.Option("--ratio", help="Structured: share of heads/channels to remove.")
-    ] = None,
-    true_sequential: Annotated[
-        bool | None,
-        typer.Option(
-            "--true-sequential/--no-true-sequential",
-            help="Wanda/SparseGPT: score each linear after the block's earlier ones were pruned (one pass, faster).",
-        ),
-    ] = None,
-    calib_data: Annotated[
-        str | None, typer.Option("--calib-data", help="Calibration text file, JSONL or registry data name.")
-    ] = None,
-    calib_samples: Annotated[int | None, typer.Option("--calib-samples", help="Calibration windows.")] = None,
-    calib_seqlen: Annotated[int | None, typer.Option("--calib-seqlen", help="Tokens per calibration window.")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed for picking calibration windows.")] = None,
-    eval_data: Annotated[
-        str | None,
-        typer.Option("--eval-data", help="Held-out text for perplexity (default: tail of the calibration data)."),
-    ] = None,
-    eval_tokens: Annotated[
-        int | None, typer.Option("--eval-tokens", help="Held-out tokens to score (0 = skip perplexity).")
-    ] = None,
+    method: Annotated[str | None, typer.Option("--method")] = None,
+    sparsity: Annotated[float | None, typer.Option("--sparsity")] = None,
+    pattern: Annotated[str | None, typer.Option("--pattern")] = None,
+    structure: Annotated[str | None, typer.Option("--structure")] = None,
+    ratio: Annotated[float | None, typer.Option("--ratio")] = None,
+    true_sequential: Annotated[bool | None, typer.Option("--true-sequential/--no-true-sequential")] = None,
+    calib_data: CalibDataOpt = None,
+    calib_samples: CalibSamplesOpt = None,
+    calib_seqlen: CalibSeqlenOpt = None,
+    seed: SeedOpt = None,
+    eval_data: EvalDataOpt = None,
+    eval_tokens: EvalTokensOpt = None,
     profile: ProfileOpt = None,
     set_: SetOpt = None,
     dry_run: DryRunOpt = False,
@@ -96,9 +78,10 @@ def prune(
         llmctl prune --model M --method magnitude --sparsity 0.5 --name M-mag50
         llmctl prune --model M --structure channels --ratio 0.25 --calib-data FILE --name M-ch25
     """
+    from llmctl.prune.service import estimate
     from llmctl.prune.service import prune as run
 
-    config = resolve(ctx, "prune", OPTIONS)
+    config = resolve(ctx, "prune", OPTIONS, estimate=lambda c: estimate(model, c))
     with err.status("Pruning …") as status:
         result = run(
             model,

@@ -13,19 +13,26 @@ from typing import Annotated
 import typer
 
 from llmctl.cli._common import (
+    CALIB_OPTIONS,
     DEFAULT_MODEL_NAME,
+    CalibDataOpt,
+    CalibSamplesOpt,
+    CalibSeqlenOpt,
     DryRunOpt,
+    EvalDataOpt,
+    EvalTokensOpt,
     ForceOpt,
     JsonOpt,
     ModelOpt,
+    NameOpt,
     ProfileOpt,
+    SeedOpt,
     SetOpt,
-    choice_option,
     command_line,
     emit_json,
     err,
     resolve,
-    schema_field,
+    schema_options,
 )
 
 # Option → profile key: every value given here is checked by llmctl/schemas/quantize.py.
@@ -35,12 +42,7 @@ OPTIONS = {
     "bits": "bits",
     "group_size": "group_size",
     "sym": "sym",
-    "calib_data": "calib.data",
-    "calib_samples": "calib.samples",
-    "calib_seqlen": "calib.seqlen",
-    "seed": "calib.seed",
-    "eval_data": "eval.data",
-    "eval_tokens": "eval.tokens",
+    **CALIB_OPTIONS,
     "act_order": "gptq.act_order",
     "true_sequential": "gptq.true_sequential",
     "alpha": "smoothquant.alpha",
@@ -52,70 +54,30 @@ OPTIONS = {
 }
 
 
+@schema_options("quantize", OPTIONS)
 def quantize(
     ctx: typer.Context,
-    name: Annotated[str, typer.Option("--name", "-n", help="Registry name of the quantized model.")],
+    name: NameOpt,
     model: ModelOpt = DEFAULT_MODEL_NAME,
-    backend: Annotated[
-        str | None,
-        choice_option(
-            "--backend",
-            field=schema_field("quantize", "backend"),
-            help="Library (llmctl = its own GPTQ/AWQ/RTN cores, inc = neural-compressor; "
-            "default: llmctl for rtn/gptq/awq, else the one that has --algo)",
-        ),
-    ] = None,
-    algo: Annotated[
-        str | None,
-        typer.Option("--algo", help="inc: rtn|gptq|awq|teq|autoround|smoothquant|dynamic-int8; bnb: nf4|fp4|int8."),
-    ] = None,
-    bits: Annotated[
-        int | None, typer.Option("--bits", help="Weight bits: 2, 3, 4 or 8 (as the backend supports).")
-    ] = None,
-    group_size: Annotated[
-        int | None, typer.Option("--group-size", help="Weights per quantization group; -1 = per channel.")
-    ] = None,
-    sym: Annotated[
-        bool | None, typer.Option("--sym/--asym", help="Symmetric or asymmetric (zero-point) weight grid.")
-    ] = None,
-    calib_data: Annotated[
-        str | None, typer.Option("--calib-data", help="Calibration text file, JSONL or registry data name.")
-    ] = None,
-    calib_samples: Annotated[int | None, typer.Option("--calib-samples", help="Calibration windows.")] = None,
-    calib_seqlen: Annotated[int | None, typer.Option("--calib-seqlen", help="Tokens per calibration window.")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed for picking calibration windows.")] = None,
-    eval_data: Annotated[
-        str | None,
-        typer.Option("--eval-data", help="Held-out text for perplexity (default: tail of the calibration data)."),
-    ] = None,
-    eval_tokens: Annotated[
-        int | None, typer.Option("--eval-tokens", help="Held-out tokens to score (0 = skip perplexity).")
-    ] = None,
-    act_order: Annotated[
-        bool | None, typer.Option("--act-order/--no-act-order", help="GPTQ: columns by decreasing Hessian diagonal.")
-    ] = None,
-    true_sequential: Annotated[
-        bool | None,
-        typer.Option("--true-sequential/--no-true-sequential", help="GPTQ: sub-layers in order within a block."),
-    ] = None,
-    alpha: Annotated[float | None, typer.Option("--alpha", help="SmoothQuant migration strength in [0, 1].")] = None,
-    awq: Annotated[bool | None, typer.Option("--awq", help="OpenVINO: data-aware AWQ (needs --calib-data).")] = None,
-    scale_estimation: Annotated[
-        bool | None, typer.Option("--scale-estimation", help="OpenVINO: data-aware scale estimation.")
-    ] = None,
-    max_loss: Annotated[
-        float | None,
-        typer.Option("--max-loss", help="Accuracy-aware: largest relative perplexity increase (0.01 = 1%)."),
-    ] = None,
-    max_trials: Annotated[
-        int | None, typer.Option("--max-trials", help="Accuracy-aware: configurations to try at most.")
-    ] = None,
-    save_format: Annotated[
-        str | None,
-        choice_option(
-            "--save-format", field=schema_field("quantize", "save_format"), help="Layout of rtn/gptq/awq/teq results"
-        ),
-    ] = None,
+    backend: Annotated[str | None, typer.Option("--backend")] = None,
+    algo: Annotated[str | None, typer.Option("--algo")] = None,
+    bits: Annotated[int | None, typer.Option("--bits")] = None,
+    group_size: Annotated[int | None, typer.Option("--group-size")] = None,
+    sym: Annotated[bool | None, typer.Option("--sym/--asym")] = None,
+    calib_data: CalibDataOpt = None,
+    calib_samples: CalibSamplesOpt = None,
+    calib_seqlen: CalibSeqlenOpt = None,
+    seed: SeedOpt = None,
+    eval_data: EvalDataOpt = None,
+    eval_tokens: EvalTokensOpt = None,
+    act_order: Annotated[bool | None, typer.Option("--act-order/--no-act-order")] = None,
+    true_sequential: Annotated[bool | None, typer.Option("--true-sequential/--no-true-sequential")] = None,
+    alpha: Annotated[float | None, typer.Option("--alpha")] = None,
+    awq: Annotated[bool | None, typer.Option("--awq")] = None,
+    scale_estimation: Annotated[bool | None, typer.Option("--scale-estimation")] = None,
+    max_loss: Annotated[float | None, typer.Option("--max-loss")] = None,
+    max_trials: Annotated[int | None, typer.Option("--max-trials")] = None,
+    save_format: Annotated[str | None, typer.Option("--save-format")] = None,
     profile: ProfileOpt = None,
     set_: SetOpt = None,
     dry_run: DryRunOpt = False,
@@ -135,7 +97,9 @@ def quantize(
 
     # OpenVINO 8-bit is per channel unless a group size is asked for (a flag-level default, as before)
     extra = {"group_size": -1} if bits == 8 and group_size is None and backend == "openvino" else None
-    config = resolve(ctx, "quantize", OPTIONS, extra)
+    from llmctl.quantize.service import estimate
+
+    config = resolve(ctx, "quantize", OPTIONS, extra, estimate=lambda c: estimate(model, c))
     with err.status("Quantizing …") as status:
         result = run(
             model,

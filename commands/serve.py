@@ -19,14 +19,15 @@ from llmctl.cli._common import (
     DeviceOpt,
     DryRunOpt,
     DtypeOpt,
+    ModelsOpt,
     ProfileOpt,
     RopeFactorOpt,
     RopeOriginalOpt,
     RopeScalingOpt,
     SetOpt,
-    choice_option,
     resolve,
     schema_field,
+    schema_options,
 )
 from llmctl.errors import UsageError
 
@@ -50,16 +51,13 @@ OPTIONS = {
 } | ROPE_OPTIONS
 
 
+@schema_options("serve", OPTIONS)
 def serve(
     ctx: typer.Context,
-    model: Annotated[
-        list[str] | None, typer.Option("--model", "-m", help="Registry name or model path (repeat for several).")
-    ] = None,
-    host: Annotated[str | None, typer.Option("--host", help="Address to listen on (default 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option("--port", help="TCP port (default 8000; 0 = any free port).")] = None,
-    backend: Annotated[
-        str | None, choice_option("--backend", field=schema_field("serve", "backend"), help="Inference backend")
-    ] = None,
+    model: ModelsOpt = None,
+    host: Annotated[str | None, typer.Option("--host")] = None,
+    port: Annotated[int | None, typer.Option("--port")] = None,
+    backend: Annotated[str | None, typer.Option("--backend", help="Inference backend")] = None,
     max_concurrency: Annotated[
         int | None, typer.Option("--max-concurrency", help="Sequences generated together per model.")
     ] = None,
@@ -93,11 +91,12 @@ def serve(
     set_: SetOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:
-    """Serve models over OpenAI's API (/v1/chat/completions, /v1/completions, /v1/models, /metrics).
+    """Serve models over OpenAI's API (/v1/chat/completions, /v1/completions, /v1/models, /metrics), chat page at /.
 
     Examples:
-        llmctl serve --model smollm2-135m-instruct --port 8000
-        curl http://127.0.0.1:8000/v1/chat/completions -d '{"messages":[{"role":"user","content":"Hi"}]}'
+        llmctl serve --model smollm2-135m-instruct --port 8000   # then open http://127.0.0.1:8000/ to chat
+        curl localhost:8000/v1/chat/completions -H content-type:application/json \\
+            -d '{"messages":[{"role":"user","content":"Hi"}]}'
     """
     from llmctl.serve.service import serve as run_serve
 

@@ -19,15 +19,16 @@ from llmctl.cli._common import (
     DryRunOpt,
     ForceOpt,
     JsonOpt,
+    NameOpt,
     ProfileOpt,
+    SeedOpt,
     SetOpt,
-    choice_option,
     command_line,
     emit_json,
     err,
     out,
     resolve,
-    schema_field,
+    schema_options,
 )
 
 app = typer.Typer(
@@ -41,11 +42,8 @@ InputOpt = Annotated[
 TokenizerOpt = Annotated[
     str, typer.Option("--tokenizer", "-t", help="Tokenizer or model name, tokenizer folder, or data dir.")
 ]
-DocSplitOpt = Annotated[
-    str | None,
-    choice_option("--doc-split", field=schema_field("tokenize", "input.doc_split"), help="Documents in .txt files"),
-]
-TextFieldOpt = Annotated[str | None, typer.Option("--text-field", help="Text field of .jsonl/.json/.parquet rows.")]
+DocSplitOpt = Annotated[str | None, typer.Option("--doc-split")]
+TextFieldOpt = Annotated[str | None, typer.Option("--text-field")]
 
 
 def _inputs(inputs: list[Path] | None, extra: list[Path] | None = None) -> list[Path]:
@@ -85,33 +83,25 @@ STATS_OPTIONS = {"top_k": "stats.top_k", **INPUT_OPTIONS}
 
 
 @app.command("train")
+@schema_options("tokenize", TRAIN_OPTIONS)
 def train(
     ctx: typer.Context,
     input_files: InputOpt = None,
-    type_: Annotated[
-        str | None,
-        choice_option(
-            "--type", field=schema_field("tokenize", "train.type"), help="Tokenizer model (bpe is byte-level)"
-        ),
-    ] = None,
-    vocab_size: Annotated[
-        int | None, typer.Option("--vocab-size", help="Vocabulary size including special tokens.")
-    ] = None,
-    min_frequency: Annotated[
-        int | None, typer.Option("--min-frequency", help="Minimum count for a merge/piece.")
-    ] = None,
-    bos_token: Annotated[str | None, typer.Option("--bos-token", help="BOS token ('' = none).")] = None,
+    type_: Annotated[str | None, typer.Option("--type")] = None,
+    vocab_size: Annotated[int | None, typer.Option("--vocab-size")] = None,
+    min_frequency: Annotated[int | None, typer.Option("--min-frequency")] = None,
+    bos_token: Annotated[str | None, typer.Option("--bos-token", help="BOS token ('' = none)")] = None,
     eos_token: Annotated[
-        str | None, typer.Option("--eos-token", help="EOS token, the document separator ('' = none).")
+        str | None, typer.Option("--eos-token", help="EOS token, the document separator ('' = none)")
     ] = None,
-    pad_token: Annotated[str | None, typer.Option("--pad-token", help="PAD token ('' = none).")] = None,
+    pad_token: Annotated[str | None, typer.Option("--pad-token", help="PAD token ('' = none)")] = None,
     unk_token: Annotated[
-        str | None, typer.Option("--unk-token", help="UNK token ('' = none; wordpiece/unigram need one).")
+        str | None, typer.Option("--unk-token", help="UNK token ('' = none; wordpiece/unigram need one)")
     ] = None,
-    special: Annotated[list[str] | None, typer.Option("--special", help="Extra special token (repeatable).")] = None,
+    special: Annotated[list[str] | None, typer.Option("--special", help="Extra special token (repeatable)")] = None,
     doc_split: DocSplitOpt = None,
     text_field: TextFieldOpt = None,
-    name: Annotated[str | None, typer.Option("--name", "-n", help="Register the tokenizer under this name.")] = None,
+    name: NameOpt = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Save to this folder (registered in place with --name).")
     ] = None,
@@ -150,6 +140,7 @@ def train(
 
 
 @app.command("encode")
+@schema_options("tokenize", ENCODE_OPTIONS)
 def encode(
     ctx: typer.Context,
     tokenizer: TokenizerOpt,
@@ -157,30 +148,23 @@ def encode(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Data dir to create (index.json + shards).")
     ] = None,
-    name: Annotated[
-        str | None, typer.Option("--name", "-n", help="Register the data dir (format data) under this name.")
-    ] = None,
-    val_fraction: Annotated[
-        float | None, typer.Option("--val-fraction", help="Share of documents for validation, in [0, 1).")
-    ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the train/val split.")] = None,
-    workers: Annotated[
-        int | None,
-        typer.Option(
-            "--workers", help="Worker processes (1 = in-process; 0 = auto: 1 on <= 2 cores, else one per core)."
-        ),
-    ] = None,
+    name: NameOpt = None,
+    val_fraction: Annotated[float | None, typer.Option("--val-fraction")] = None,
+    seed: SeedOpt = None,
+    workers: Annotated[int | None, typer.Option("--workers")] = None,
     doc_split: DocSplitOpt = None,
     text_field: TextFieldOpt = None,
-    quality: Annotated[bool | None, typer.Option("--quality/--no-quality", help="Heuristic quality filters.")] = None,
-    pii: Annotated[bool | None, typer.Option("--pii/--no-pii", help="Redact emails, phone numbers and IPs.")] = None,
-    dedup: Annotated[bool | None, typer.Option("--dedup/--no-dedup", help="Drop exact duplicate documents.")] = None,
+    quality: Annotated[
+        bool | None, typer.Option("--quality/--no-quality", help="Heuristic quality filters (curation.quality)")
+    ] = None,
+    pii: Annotated[bool | None, typer.Option("--pii/--no-pii", help="Redact emails, phone numbers and IPs")] = None,
+    dedup: Annotated[bool | None, typer.Option("--dedup/--no-dedup", help="Drop exact duplicate documents")] = None,
     near_dedup: Annotated[
-        bool | None, typer.Option("--near-dedup/--no-near-dedup", help="Drop near duplicates (MinHash LSH).")
+        bool | None, typer.Option("--near-dedup/--no-near-dedup", help="Drop near duplicates (MinHash LSH)")
     ] = None,
     decontaminate: Annotated[
         list[Path] | None,
-        typer.Option("--decontaminate", help="Eval file; drop docs sharing a long n-gram with it (repeatable)."),
+        typer.Option("--decontaminate", help="Eval file; drop docs sharing a long n-gram with it (repeatable)"),
     ] = None,
     profile: ProfileOpt = None,
     set_: SetOpt = None,
@@ -211,19 +195,19 @@ def encode(
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
-        TextColumn("{task.fields[docs]:,} docs"),
+        TextColumn("{task.description}"),  # the encoder's message: "N docs"
         TimeRemainingColumn(),
         console=err,
         transient=True,
         disable=json_out,
     )
-    task = progress.add_task("encode", total=None, docs=0)
+    task = progress.add_task("0 docs", total=None)
 
-    def on_progress(done: int, total: int, docs: int) -> None:
+    def on_progress(message: str, done: int | None = None, total: int | None = None) -> None:
         # the bar starts with the first chunk, after every check: a refused run prints its error line only
         if not progress.live.is_started:
             progress.start()
-        progress.update(task, completed=done, total=total, docs=docs)
+        progress.update(task, description=message, completed=done, total=total)
 
     try:
         result = encode_corpus(
@@ -263,6 +247,7 @@ def encode(
 
 
 @app.command("stats")
+@schema_options("tokenize", STATS_OPTIONS)
 def stats(
     ctx: typer.Context,
     tokenizer: Annotated[
@@ -273,7 +258,7 @@ def stats(
         list[Path] | None,
         typer.Option("--input", "-i", help="Text file (.txt/.jsonl/.json/.parquet) or encoded data dir (repeatable)."),
     ] = None,
-    top_k: Annotated[int | None, typer.Option("--top-k", help="Most frequent tokens to list.")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k")] = None,
     doc_split: DocSplitOpt = None,
     text_field: TextFieldOpt = None,
     profile: ProfileOpt = None,

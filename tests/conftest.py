@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from llmctl.data.chat_templates import CHATML_JINJA
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-CHATML = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
-    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+CHATML = CHATML_JINJA  # the tiny tokenizers speak llmctl's one ChatML
 
 _CORPUS = [
     "The quick brown fox jumps over the lazy dog.",

@@ -44,7 +44,7 @@ def _expected_files() -> set[str]:
         (ROOT / "profiles", "llmctl/builtin_profiles"),
     ):
         for p in base.rglob("*"):
-            if p.is_file() and "__pycache__" not in p.parts and p.suffix in (".py", ".yaml", ".txt", ".typed"):
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix in (".py", ".yaml", ".txt", ".typed", ".html"):
                 files.add(f"{name}/{p.relative_to(base).as_posix()}")
     return files
 

@@ -520,6 +520,7 @@ def test_auto_backend_selection(tiny_model, tmp_path, monkeypatch):
 
     resolved = resolve_model(tiny_model)
     monkeypatch.setattr(backends, "_cuda", lambda: False)
+    monkeypatch.setattr(backends, "installed", lambda name: name == "hf")  # (with openvino: test_backend_default)
     assert backends.choose(resolved, "cpu") == ("hf", "no faster backend fits this model here")
     assert backends.choose(resolved, "cpu", hf_only="beam search")[0] == "hf"
     assert backends.choose(resolved, "mps")[0] == "hf"
@@ -532,8 +533,8 @@ def test_auto_backend_selection(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setattr(backends, "installed", lambda name: name in ("hf", "openvino"))
     assert backends.choose(ResolvedModel(path=str(tmp_path), format="openvino"), "cpu")[0] == "openvino"
     assert backends.choose(as_gguf, "cpu")[0] == "hf"
-    monkeypatch.setattr(openvino, "cached_conversion", lambda r, bits=8: object())
-    assert backends.choose(resolved, "cpu")[0] == "hf"  # a cached conversion is used only when named
+    monkeypatch.setattr(openvino, "cached_conversion", lambda r, bits=8: object() if bits == 8 else None)
+    assert backends.choose(resolved, "cpu")[0] == "hf"  # a cached int8 conversion is used only when named
     monkeypatch.setattr(backends, "installed", lambda name: True)
     monkeypatch.setattr(backends, "_cuda", lambda: True)
     monkeypatch.setattr(backends._module("vllm"), "vllm_available", lambda: None)

@@ -24,8 +24,8 @@ COMMANDS = [
     (("tokenize", "encode"), "tokenize", tokenize.ENCODE_OPTIONS, ("-t", "tok")),
     (("tokenize", "stats"), "tokenize", tokenize.STATS_OPTIONS, ()),
     (("pretrain",), "pretrain", TRAIN_OPTIONS, ("--data", "d", "--name", "n")),
-    (("finetune",), "finetune", finetune.OPTIONS, ()),
-    (("merge-lora",), "merge-lora", merge_lora.OPTIONS, ("--adapter", "a")),
+    (("finetune",), "finetune", finetune.OPTIONS, ("--name", "n")),
+    (("merge-lora",), "merge-lora", merge_lora.OPTIONS, ("--adapter", "a", "--name", "n")),
     (("quantize",), "quantize", quantize.OPTIONS, ("--name", "n")),
     (("prune",), "prune", prune.OPTIONS, ("--name", "n")),
     (("serve",), "serve", serve.OPTIONS, ()),
@@ -211,12 +211,16 @@ def test_validation_comes_before_any_loading(cli):
         (("generate", "--dtype", "bf16"), ("dtype",), "bfloat16"),
         (("generate", "--set", "dtype=fp32"), ("dtype",), "float32"),
         (("eval", "--dtype", "fp16"), ("dtype",), "float16"),
-        (("merge-lora", "--adapter", "a", "--dtype", "bf16"), ("dtype",), "bfloat16"),
-        (("merge-lora", "--adapter", "a", "--dtype", "float16"), ("dtype",), "float16"),
-        (("merge-lora", "--adapter", "a"), ("dtype",), "float32"),
+        (("merge-lora", "--adapter", "a", "-n", "m", "--dtype", "bf16"), ("dtype",), "bfloat16"),
+        (("merge-lora", "--adapter", "a", "-n", "m", "--dtype", "float16"), ("dtype",), "float16"),
+        (("merge-lora", "--adapter", "a", "-n", "m"), ("dtype",), "float32"),
         (("pretrain", "--data", "d", "--name", "n", "--dtype", "bf16"), ("train", "dtype"), "bfloat16"),
-        (("finetune", "--dtype", "fp32", "--set", "qlora.compute_dtype=fp16"), ("qlora", "compute_dtype"), "float16"),
-        (("finetune", "--dtype", "fp32"), ("train", "dtype"), "float32"),
+        (
+            ("finetune", "-n", "n", "--dtype", "fp32", "--set", "qlora.compute_dtype=fp16"),
+            ("qlora", "compute_dtype"),
+            "float16",
+        ),
+        (("finetune", "-n", "n", "--dtype", "fp32"), ("train", "dtype"), "float32"),
         (("quantize", "--name", "n", "--set", "bnb.compute_dtype=bf16"), ("bnb", "compute_dtype"), "bfloat16"),
     ],
 )
@@ -234,7 +238,7 @@ def test_choice_options_complete_and_document_the_schema_choices():
     ctx = typer.main.get_command(app).make_context("llmctl", ["tokenize", "train"], resilient_parsing=True)
     assert [c.value for c in params["type_"].shell_complete(ctx, "")] == ["bpe", "wordpiece", "unigram"]
     assert [c.value for c in params["type_"].shell_complete(ctx, "u")] == ["unigram"]
-    assert "bpe, wordpiece or unigram" in params["type_"].help
+    assert "one of bpe, wordpiece, unigram" in params["type_"].help
     dtype = _click_params(("merge-lora",))["dtype"]
     assert [c.value for c in dtype.shell_complete(ctx, "")] == [
         "float32",
@@ -244,4 +248,6 @@ def test_choice_options_complete_and_document_the_schema_choices():
         "bf16",
         "fp16",
     ]
-    assert dtype.help == "Saved weights dtype: float32, bfloat16 or float16 (fp32, bf16, fp16 too)."
+    assert dtype.help == (
+        "Dtype of the saved merged weights (one of float32, bfloat16, float16 (or fp32, bf16, fp16); default float32)."
+    )

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from llmctl.errors import LlmctlError
+from llmctl.runtime.progress import Progress
 
 SCALE_GRID = 20
 
@@ -149,7 +150,7 @@ def awq_model(
     sym: bool = True,
     grid: int = SCALE_GRID,
     clip: bool = True,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> dict:
     """AWQ of every decoder-block linear, weights replaced in place by their dequantized values.
 

@@ -22,27 +22,13 @@ Examples:
 
 from __future__ import annotations
 
-from llmctl.errors import LlmctlError
+from llmctl.models.formats.hf import decoder_layers  # the one home; the cores and prune import it from here
 
 STATS = ("hessian", "sqsum", "gram+absmean")
 
 
 class _Stop(Exception):
     """Raised inside a forward once everything needed from it has been recorded."""
-
-
-def decoder_layers(model):
-    """The ModuleList of decoder blocks (LLaMA-style model.model.layers or GPT-2 transformer.h)."""
-    inner = getattr(model, "model", None)
-    if inner is not None and hasattr(inner, "layers"):
-        return inner.layers
-    tr = getattr(model, "transformer", None)
-    if tr is not None and hasattr(tr, "h"):
-        return tr.h
-    raise LlmctlError(
-        f"cannot find the decoder blocks of this {model.config.model_type} model",
-        hint="supported: LLaMA-style (model.layers) and GPT-2-style (transformer.h) models",
-    )
 
 
 def block_linears(block) -> dict:

@@ -21,11 +21,10 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from llmctl.compress.grid import QuantizedWeight, check_grid, grid_params, quantize_rtn
 from llmctl.compress.obs import hessian_inverse_factor, mark_dead, sweep
 from llmctl.errors import LlmctlError
+from llmctl.runtime.progress import Progress
 
 
 def sweep_block(size: int, group_size: int) -> int:
@@ -174,7 +173,7 @@ def quantize_model(
     true_sequential: bool = True,
     percdamp: float = 0.01,
     blocksize: int = 128,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
     cache_mb: int = 1024,
 ) -> dict:
     """GPTQ (windows given) or RTN (windows None) of every decoder-block linear, weights replaced in place.

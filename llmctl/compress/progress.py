@@ -12,7 +12,8 @@ Examples:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+
+from llmctl.runtime.progress import Progress
 
 
 def clock(seconds: float) -> str:
@@ -29,7 +30,7 @@ class BlockETA:
     `unit` names what is counted ("block", "step"); with `every` > 1 only every so many (and the first) are said.
     """
 
-    def __init__(self, say: Callable[[str], None] | None, label: str, total: int, unit: str = "block", every: int = 1):
+    def __init__(self, say: Progress | None, label: str, total: int, unit: str = "block", every: int = 1):
         self.say, self.label, self.total, self.unit, self.every = say, label, total, unit, max(1, every)
         self.started = time.perf_counter()
 

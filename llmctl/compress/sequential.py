@@ -41,6 +41,7 @@ from llmctl.compress.blocks import (
     run_block,
 )
 from llmctl.errors import LlmctlError
+from llmctl.runtime.progress import Progress
 
 
 @dataclass
@@ -288,7 +289,7 @@ def walk_blocks(
     *,
     sequential: bool,
     stat: str,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
     label: str = "calibrating",
     cache_mb: int = 1024,
 ) -> None:

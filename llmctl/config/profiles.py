@@ -357,6 +357,19 @@ def side_config_path(output: Path) -> Path:
     return Path(output).with_name(Path(output).name + ".config.yaml")
 
 
+# the resolved config a run leaves in its output folder (models, data dirs, run dirs): the one spelling
+RUN_CONFIG_FILE = "llmctl-config.yaml"
+
+
+def save_run_config(config: dict, folder: Path, command_line: str = "") -> Path:
+    """Write the resolved config into a run's output folder as RUN_CONFIG_FILE (atomically).
+
+    Examples:
+        save_run_config(config, tmp, "llmctl prune ...")   # tmp/llmctl-config.yaml
+    """
+    return save_config(config, Path(folder) / RUN_CONFIG_FILE, command_line)
+
+
 def save_config(config: dict, path: Path, command_line: str = "") -> Path:
     """Write the resolved config beside a run's output (atomically)."""
     from llmctl.paths import atomic_file
@@ -385,3 +398,25 @@ def documented_defaults(command: str) -> str:
 
     walk(schema, 0)
     return "\n".join(lines) + "\n"
+
+
+# how each command's default profile is used, when not `llmctl COMMAND --profile default`
+_DEFAULT_PROFILE_USE = {"tokenize": "tokenize encode"}
+
+
+def default_profile(command: str) -> str:
+    """The text of `profiles/<command>/default.yaml`: every key at its built-in default, with its meaning.
+
+    Generated from the schema (`make docs` writes the files; a test keeps them equal), so `--profile default`
+    is the same as no profile and the file cannot drift from the schema.
+
+    Examples:
+        default_profile("generate").splitlines()[0]   # "# llmctl generate --profile default"
+    """
+    use = _DEFAULT_PROFILE_USE.get(command, command)
+    module = command.replace("-", "_")
+    return (
+        f"# llmctl {use} --profile default\n"
+        f"# Every key at its built-in default, the same as no --profile: generated from llmctl/schemas/{module}.py "
+        "by `make docs` (edit the schema, not this file).\n" + documented_defaults(command)
+    )

@@ -21,11 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+# the dtype names a user may type (the one table); short forms are stored as the long ones
+from llmctl.config.dtypes import DTYPE_ALIASES, DTYPES
+
 _TYPE_NAMES = {int: "int", float: "float", str: "str", bool: "bool", list: "list", dict: "dict"}
 
-# The one list of dtype names a user may type; the short forms are accepted and stored as the long ones.
-DTYPES = ["float32", "bfloat16", "float16"]
-DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 # The devices a user may name; `cuda:N` (a GPU index) too.
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 

@@ -16,6 +16,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmctl.data.chat_templates import chatml
 from llmctl.errors import LlmctlError
 
 IGNORE = -100
@@ -112,11 +113,6 @@ def _alpaca_prompt(instruction: str, inp: str) -> str:
     return ALPACA_PROMPT.format(instruction=instruction)
 
 
-def _chatml(messages: list[dict], add_generation_prompt: bool) -> str:
-    out = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-    return out + ("<|im_start|>assistant\n" if add_generation_prompt else "")
-
-
 def segments(record: dict, kind: str, template: str, tokenizer) -> list[tuple[str, bool]]:
     """The record as (text, trained) pieces in order: prompts untrained, responses trained."""
     eos = tokenizer.eos_token or ""
@@ -164,7 +160,7 @@ def segments(record: dict, kind: str, template: str, tokenizer) -> list[tuple[st
                 history += m["content"] + "\n\n"
         return out
     render = (
-        (lambda msgs, gen: _chatml(msgs, gen))
+        chatml
         if template == "chatml"
         else (lambda msgs, gen: tokenizer.apply_chat_template(msgs, add_generation_prompt=gen, tokenize=False))
     )

@@ -173,6 +173,24 @@ def is_data_dir(path) -> bool:
     return Path(path).is_dir() and (Path(path) / INDEX).is_file()
 
 
+def recorded_tokenizer(record: dict) -> tuple[str | None, Path | None]:
+    """(registry name, folder) of the tokenizer an index's `tokenizer` record names: its recorded folder, else
+    the folder of its registry name; folder None when neither exists (the caller says what to do then).
+
+    Examples:
+        recorded_tokenizer(read_index(Path("data/shakespeare"))["tokenizer"])   # ("shakespeare-bpe", Path(...))
+    """
+    name, path = record.get("name"), record.get("path")
+    if path and Path(path).is_dir():
+        return name, Path(path)
+    from llmctl.models.registry import Registry
+
+    entry = Registry().find(name) if name else None
+    if entry is not None and Path(entry.path).is_dir():
+        return name, Path(entry.path)
+    return name, None
+
+
 def read_index(path: Path) -> dict:
     """The index.json of a data dir, checked: valid UTF-8 JSON, this format, every key readers use, a sane
     vocab_size, and shard files inside the data dir whose sizes match the token counts recorded.

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 from llmctl.errors import LlmctlError
+from llmctl.runtime.progress import Progress
 
 
 def read_text(path: Path, what: str = "text file", option: str | None = None) -> str:
@@ -26,12 +26,10 @@ def read_text(path: Path, what: str = "text file", option: str | None = None) ->
 
 
 def model_max_length(model) -> int | None:
-    cfg = getattr(model, "config", None)
-    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(cfg, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    """The positions a loaded model (or a reader with a `config`) declares (llmctl.models.rope.positions)."""
+    from llmctl.models.rope import positions
+
+    return positions(getattr(model, "config", None))
 
 
 def _windows(n: int, seqlen: int, stride: int) -> list[tuple[int, int, int]]:
@@ -71,7 +69,7 @@ def perplexity(
     stride: int = 512,
     batch_size: int = 1,
     max_tokens: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
     buckets: list[int] | None = None,
     dist=None,
 ) -> dict:
@@ -90,13 +88,10 @@ def perplexity(
         perplexity(model, tok, "Some text ...", seqlen=256, stride=128)["bits_per_byte"]
         perplexity(model, tok, text, buckets=[512, 2048])["buckets"][1]["perplexity"]
     """
-    import torch
-
     if seqlen < 2 or stride < 1:
         raise LlmctlError(f"seqlen must be >= 2 and stride >= 1 (got {seqlen}, {stride})")
     if stride > seqlen:
         raise LlmctlError(f"stride {stride} is larger than seqlen {seqlen}", hint="use stride <= seqlen")
-    limit = model_max_length(model)
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
     if max_tokens is not None:
         ids = ids[:max_tokens]
@@ -104,33 +99,11 @@ def perplexity(
     n = ids.numel()
     if n < 2:
         raise LlmctlError("the text has fewer than 2 tokens; nothing to score", hint="give more text")
-    if buckets:
-        from llmctl.models.rope import has_rope
-
-        _check_buckets(list(buckets), n, limit, not has_rope(getattr(model, "config", None)))
-        seqlen = stride = buckets[-1]
-    elif limit and seqlen > limit:
-        seqlen = limit  # the model cannot attend further; windows shrink to its positions
-        stride = min(stride, seqlen)
+    seqlen, stride = _window_size(model, n, seqlen, stride, buckets)
     windows = _windows(n, seqlen, stride)
     batches = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
-    rank, world = (dist.rank, dist.world) if dist is not None and dist.active else (0, 1)
-    device = next(model.parameters()).device if hasattr(model, "parameters") else "cpu"
     edges = [0, *(buckets or [])]
-    scores: dict[int, list] = {}  # batch index → per window [nll, count, [nll, count] per bucket]
-    model_was_training = getattr(model, "training", False)
-    if hasattr(model, "eval"):
-        model.eval()
-    with torch.inference_mode():
-        for done, bi in enumerate(range(rank, len(batches), world)):
-            scores[bi] = _score_batch(model, tokenizer, ids, batches[bi], device, edges)
-            if progress:
-                progress(min((done + 1) * world, len(batches)), len(batches))
-    if model_was_training:
-        model.train()
-    if world > 1:
-        for part in dist.gather(scores):
-            scores.update(part)
+    scores = _score_all(model, tokenizer, ids, batches, edges, progress, dist)
     total_nll, scored = 0.0, 0
     per_bucket = [[0.0, 0] for _ in range(len(edges) - 1)]
     for bi in range(len(batches)):  # window order, as one process adds them
@@ -160,6 +133,44 @@ def perplexity(
             for k, (nll, c) in enumerate(per_bucket)
         ]
     return out
+
+
+def _window_size(model, n: int, seqlen: int, stride: int, buckets: list[int] | None) -> tuple[int, int]:
+    """(seqlen, stride) as scored: the last bucket's length with buckets, else at most the model's positions."""
+    limit = model_max_length(model)
+    if buckets:
+        from llmctl.models.rope import has_rope
+
+        _check_buckets(list(buckets), n, limit, not has_rope(getattr(model, "config", None)))
+        return buckets[-1], buckets[-1]
+    if limit and seqlen > limit:
+        return limit, min(stride, limit)  # the model cannot attend further; windows shrink to its positions
+    return seqlen, stride
+
+
+def _score_all(model, tokenizer, ids, batches: list, edges: list[int], progress, dist) -> dict[int, list]:
+    """Batch index → per window [nll, count, [nll, count] per bucket]; under torchrun each process scores every
+    world-th batch and all gather them."""
+    import torch
+
+    rank, world = (dist.rank, dist.world) if dist is not None and dist.active else (0, 1)
+    device = next(model.parameters()).device if hasattr(model, "parameters") else "cpu"
+    scores: dict[int, list] = {}
+    model_was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    with torch.inference_mode():
+        for done, bi in enumerate(range(rank, len(batches), world)):
+            scores[bi] = _score_batch(model, tokenizer, ids, batches[bi], device, edges)
+            if progress:
+                scored = min((done + 1) * world, len(batches))
+                progress(f"perplexity: batch {scored}/{len(batches)}", scored, len(batches))
+    if model_was_training:
+        model.train()
+    if world > 1:
+        for part in dist.gather(scores):
+            scores.update(part)
+    return scores
 
 
 def _score_batch(model, tokenizer, ids, chunk, device, edges: list[int]) -> list:

@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 from llmctl.errors import LlmctlError, UsageError
-from llmctl.evaluate.tasks import PASSKEY, PERPLEXITY, REWARD_ACCURACY, _quiet_lmeval, load_tasks
+from llmctl.evaluate.tasks import ALIGNMENT_METRICS, PASSKEY, PERPLEXITY, REWARD_ACCURACY, _quiet_lmeval, load_tasks
 
 
 def server_models(base_url: str, timeout: float = 10.0) -> list[dict]:
@@ -53,7 +53,7 @@ def pick_served(models: list[dict], served_name: str | None) -> dict:
 
 
 def check_remote_tasks(tasks: list[str]) -> None:
-    local_only = [t for t in (PERPLEXITY, PASSKEY, REWARD_ACCURACY) if t in tasks]
+    local_only = [t for t in (PERPLEXITY, PASSKEY, REWARD_ACCURACY, *ALIGNMENT_METRICS) if t in tasks]
     if local_only:
         raise UsageError(
             f"{', '.join(local_only)} needs the weights in-process, not a server",

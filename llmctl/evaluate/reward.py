@@ -19,15 +19,16 @@ from llmctl.errors import LlmctlError
 from llmctl.evaluate.tasks import REWARD_ACCURACY
 
 
-def read_pairs(path: Path, tokenizer, template: str, seq_len: int, max_pairs: int | None):
-    """Tokenized preference pairs of a file in any preference layout (and what was dropped)."""
+def read_pairs(path: Path, tokenizer, template: str, seq_len: int, max_pairs: int | None, task: str = REWARD_ACCURACY):
+    """Tokenized preference pairs of a file in any preference layout (and what was dropped); `task` names the
+    task that reads them in messages."""
     from llmctl.data import layouts
     from llmctl.data.sft import read_records, tokenize_pref
 
     records, kind = read_records(path, "auto", uses=("preference",))
     if layouts.get(kind).use != "preference":
         raise LlmctlError(
-            f"reward_accuracy needs preference pairs; {path} is {kind} data",
+            f"{task} needs preference pairs; {path} is {kind} data",
             hint='give a JSONL of {"prompt": "…", "chosen": "…", "rejected": "…"} (or HH-RLHF dialogues)',
         )
     if max_pairs:

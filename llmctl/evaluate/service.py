@@ -3,7 +3,8 @@
 Glue, not a reimplementation: the already-loaded model (HF, adapter, quantized, pruned — whatever
 `load_model` returns) is wrapped in lm-eval's `HFLM` and scored by `lm_eval.simple_evaluate`;
 offline task configs come from `llmctl.evaluate.task_files`; the `perplexity` task is `llmctl.evaluate.perplexity`;
-`passkey` is `llmctl.evaluate.passkey`; `reward_accuracy` is `llmctl.evaluate.reward`.
+`passkey` is `llmctl.evaluate.passkey`; `reward_accuracy` is `llmctl.evaluate.reward`; `exact_match`, `win_rate` and
+`preference_accuracy` are `llmctl.evaluate.alignment`.
 
 Under torchrun every process loads the model and takes a share of the requests: lm-eval's own data-parallel path
 (each rank builds its share of each task's requests, the metrics are gathered on rank 0), and perplexity windows and
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from llmctl.evaluate.gates import Gate, check_gates, evaluate_gates, flatten, higher_is_better
 from llmctl.evaluate.tasks import (
+    ALIGNMENT_METRICS,
     PASSKEY,
     PERPLEXITY,
     REWARD_ACCURACY,
@@ -193,11 +195,16 @@ def run_eval(
                 "reward_accuracy scores a reward model by itself; drop --adapter",
                 hint="give the reward model (a finetune --objective reward entry) as --model",
             )
+        if plan.alignment:
+            from llmctl.evaluate.alignment import check_models
+
+            check_models(plan.alignment, config)  # the reward model is one, the reference exists: before loading
         if loaded is None:
             check_lengths(model, adapter, plan, config, device)
         d = init_dist(config, device) if in_torchrun() else Dist()
         try:
-            if objects or plan.perplexity_text is not None or plan.passkey:  # reward_accuracy loads its own head
+            if objects or plan.perplexity_text is not None or plan.passkey or plan.alignment:
+                # (reward_accuracy loads its own head)
                 say(f"Loading {model} …")
                 loaded = loaded or load_model(
                     model, dtype=config["dtype"], device=device, adapter=adapter, rope=config.get("rope")
@@ -206,6 +213,10 @@ def run_eval(
             if plan.reward_data is not None and d.main:
                 say(f"Reward accuracy on {plan.reward_data} …")
                 _add_reward_accuracy(results, model, plan.reward_data, config)
+            if plan.alignment and d.main:
+                from llmctl.evaluate.alignment import run_alignment
+
+                run_alignment(results, loaded, plan.alignment, config, say)
         finally:
             d.close()
     resolved = loaded.resolved if loaded is not None else _resolve(model)
@@ -394,6 +405,10 @@ def attach_results(
             }
         elif task == PASSKEY:
             evals[task] = {**settings, **{k: config["passkey"][k] for k in ("context_lengths", "depths", "samples")}}
+        elif task in ALIGNMENT_METRICS:
+            from llmctl.evaluate.alignment import settings as alignment_settings
+
+            evals[task] = {**settings, **alignment_settings(task, config)}
     reg.update_meta(name, {"eval": evals})
 
 

@@ -24,7 +24,27 @@ REWARD_ACCURACY = "reward_accuracy"
 
 PERPLEXITY_METRICS = {"token_perplexity": False, "bits_per_byte": False, "word_perplexity": False}
 REWARD_METRICS = {"pair_accuracy": True, "mean_margin": True}
-FILE_TASKS = (PERPLEXITY, REWARD_ACCURACY)  # tasks scored by llmctl itself on one file (`--data`)
+EXACT_MATCH, WIN_RATE, PREFERENCE_ACCURACY = "exact_match", "win_rate", "preference_accuracy"
+# The alignment tasks (llmctl.evaluate.alignment): metric → higher is better, and what each reads from --data.
+ALIGNMENT_METRICS = {
+    EXACT_MATCH: {"exact_match": True},
+    WIN_RATE: {
+        "win_rate": True,
+        "reward_diff": True,
+        "reward": True,
+        "reference_reward": True,
+        "kl_per_token": False,
+        "kl_per_answer": False,
+    },
+    PREFERENCE_ACCURACY: {"pair_accuracy": True, "mean_margin": True},
+}
+ALIGNMENT_DATA = {
+    EXACT_MATCH: ("a records file", '--data FILE.jsonl ({"prompt": "…", "answer": "…"} per line)'),
+    WIN_RATE: ("a prompts file", '--data PROMPTS.jsonl ({"prompt": "…"} per line, or preference pairs)'),
+    PREFERENCE_ACCURACY: ("a preference file", "--data PAIRS.jsonl ({prompt, chosen, rejected} or HH-RLHF dialogues)"),
+}
+# tasks scored by llmctl itself on one file (`--data`)
+FILE_TASKS = (PERPLEXITY, REWARD_ACCURACY, *ALIGNMENT_METRICS)
 
 
 def parse_tasks(values: list[str] | str | None) -> list[str]:
@@ -92,6 +112,7 @@ class Plan:
     perplexity_text: Path | None = None
     passkey: bool = False
     reward_data: Path | None = None
+    alignment: dict[str, Path] = field(default_factory=dict)  # alignment task → its data file
     order: list[str] = field(default_factory=list)
 
 
@@ -161,6 +182,8 @@ def plan_tasks(tasks: list[str], config: dict) -> Plan:
             plan.passkey = True  # synthetic: no data needed
         elif name == REWARD_ACCURACY:
             plan.reward_data = _reward_data(config, tasks)
+        elif name in ALIGNMENT_METRICS:
+            plan.alignment[name] = _alignment_data(name, config, tasks)
         elif name == PERPLEXITY:
             text = task_file(config, PERPLEXITY, tasks)
             if text:
@@ -228,6 +251,17 @@ def _reward_data(config: dict, tasks: list[str]) -> Path:
     path = Path(path).expanduser()
     if not path.is_file():
         raise LlmctlError(f"preference file {path} not found", hint="check the --data path")
+    return path
+
+
+def _alignment_data(task: str, config: dict, tasks: list[str]) -> Path:
+    what, hint = ALIGNMENT_DATA[task]
+    path = task_file(config, task, tasks)
+    if not path:
+        raise LlmctlError(f"task {task!r} needs {what}", hint=f"pass {hint}")
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise LlmctlError(f"{what.split(' ', 1)[1]} {path} not found", hint="check the --data path")
     return path
 
 
@@ -339,4 +373,6 @@ def known_metrics(objects: list, plan: Plan, config: dict | None = None) -> dict
         out[PASSKEY] = metric_names(config["passkey"])
     if plan.reward_data is not None:
         out[REWARD_ACCURACY] = set(REWARD_METRICS)
+    for name in plan.alignment:
+        out[name] = set(ALIGNMENT_METRICS[name])
     return out

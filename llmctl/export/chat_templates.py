@@ -14,16 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llmctl.data.chat_templates import CHATML_END, CHATML_GO, CHATML_JINJA, CHATML_START
 from llmctl.data.sft import ALPACA_PROMPT
 from llmctl.errors import LlmctlError
 
 FAMILIES = ("chatml", "alpaca")
 
-_CHATML_JINJA = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>'"
-    " + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-_CHATML_GO = "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
 _ALPACA_HEAD, _ALPACA_TAIL = ALPACA_PROMPT.split("{instruction}")
 
 
@@ -78,7 +74,7 @@ def family_jinja(name: str) -> str:
     """
     if name not in FAMILIES:
         raise LlmctlError(f"unknown chat template family {name!r}", hint=f"use one of: {', '.join(FAMILIES)}")
-    return _CHATML_JINJA if name == "chatml" else _ALPACA_JINJA
+    return CHATML_JINJA if name == "chatml" else _ALPACA_JINJA
 
 
 def family_go_template(family: Family, eos_token: str | None) -> str:
@@ -88,13 +84,13 @@ def family_go_template(family: Family, eos_token: str | None) -> str:
         family_go_template(Family("chatml"), "<|im_end|>").startswith("{{- range .Messages }}")   # True
     """
     if family.name == "chatml":
-        return _CHATML_GO
+        return CHATML_GO
     return _alpaca_go(eos_token or "")
 
 
 def family_stops(family: Family, eos_token: str | None) -> list[str]:
     """Ollama's `PARAMETER stop` strings: the end-of-turn markers of the family (as Ollama's own chatml has)."""
-    stops = ["<|im_start|>", "<|im_end|>"] if family.name == "chatml" else ["### Instruction:"]
+    stops = [CHATML_START, CHATML_END] if family.name == "chatml" else ["### Instruction:"]
     if eos_token and eos_token not in stops:
         stops.append(eos_token)
     return stops
@@ -157,9 +153,9 @@ def _untranslatable(why: str) -> LlmctlError:
 
 
 def _default_system(rendered: str) -> str | None:
-    head = "<|im_start|>system\n"
-    if rendered.startswith(head) and "<|im_end|>" in rendered:
-        return rendered[len(head) : rendered.index("<|im_end|>")]
+    head = f"{CHATML_START}system\n"
+    if rendered.startswith(head) and CHATML_END in rendered:
+        return rendered[len(head) : rendered.index(CHATML_END)]
     return None
 
 

@@ -67,11 +67,11 @@ def write_ollama(
 
 
 def context_length(config) -> int:
-    """The context length a config declares (LLaMA: max_position_embeddings, GPT-2: n_positions)."""
-    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
+    """The context length a config declares (llmctl.models.rope.positions); an error when it declares none."""
+    from llmctl.models.rope import positions
+
+    if found := positions(config):
+        return found
     raise LlmctlError("the model's config declares no context length", hint="set max_position_embeddings")
 
 

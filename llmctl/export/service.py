@@ -19,7 +19,6 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from llmctl.paths import (
     remove_stale_temps,
     temp_prefix,
 )
+from llmctl.runtime.progress import Progress, quiet
 
 
 def _call(spec: str, *args):
@@ -58,7 +58,7 @@ class Job:
     qtype: str | None
     bits: int | None
     label: str
-    say: Callable[[str], None]
+    say: Progress
     cache: dict = field(default_factory=dict)
 
     def source(self):
@@ -314,7 +314,7 @@ def export(
     name: str | None = None,
     force: bool = False,
     command: str = "",
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> dict:
     """Export a registry model (config: a resolved `export` config), check it, put it in place; return the report.
 
@@ -324,7 +324,7 @@ def export(
     from llmctl.models.registry import Registry
     from llmctl.models.resolve import resolve_model
 
-    say = progress or (lambda _m: None)
+    say = progress or quiet
     started = time.perf_counter()
     target = targets.get(config["format"])
     if not output and not name:
@@ -412,9 +412,8 @@ def _finish(
     seconds: float,
 ) -> dict:
     """Put the checked export at --output and/or publish it as --name; return the report."""
-    from llmctl.config.profiles import save_config
     from llmctl.export import parity
-    from llmctl.models.registry import ModelEntry
+    from llmctl.models.publish import publish_model
     from llmctl.paths import dir_size_mb
 
     size = artifact.stat().st_size if artifact.is_file() else int(dir_size_mb(artifact) * 2**20)
@@ -441,19 +440,16 @@ def _finish(
                     os.replace(item, stage / item.name)
             else:
                 os.replace(artifact, stage / artifact.name)
-            save_config(job.config, stage / "llmctl-config.yaml", command)
-            parent = job.resolved.name or job.resolved.path
-            entry = ModelEntry(
-                name=reservation.name,
-                format=job.target.registry_format,
-                path="",
-                parents=[parent],
+            publish_model(
+                reservation,
+                stage,
+                job.target.registry_format,
+                parents=[job.resolved.name or job.resolved.path],
+                config=job.config,
                 command=command,
-                profile=job.config,
                 meta=meta,
                 metrics=parity.metrics(reports) if reports else {},
             )
-            reservation.publish(entry, stage)
         result["name"] = reservation.name
         result["registry_path"] = str(reservation.path)
     return result

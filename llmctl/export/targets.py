@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llmctl.config.dtypes import EXPORT_FLOAT_TYPES
 from llmctl.errors import LlmctlError
 
 # The one list of GGUF output types, with their file size in bytes per weight (ggml block size and bytes:
@@ -29,7 +30,7 @@ GGUF_BYTES_PER_WEIGHT = {
     "q4_0": 18 / 32,
 }
 GGUF_TYPES = tuple(GGUF_BYTES_PER_WEIGHT)
-FLOAT_TYPES = ("f32", "f16", "bf16")  # `--format hf --type`: the safetensors dtype
+FLOAT_TYPES = tuple(EXPORT_FLOAT_TYPES)  # `--format hf --type`: the safetensors dtype (llmctl.config.dtypes)
 OPENVINO_BITS = (4, 8)
 
 # Registry formats a float export takes: adapters are merged on the fly, quantized weight-only entries

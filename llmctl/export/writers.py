@@ -14,9 +14,8 @@ import copy
 import shutil
 from pathlib import Path
 
+from llmctl.config.dtypes import EXPORT_FLOAT_TYPES as _DTYPES  # export's float type → torch dtype name
 from llmctl.errors import LlmctlError
-
-_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
 
 
 def gguf(job, dest: Path) -> dict:

@@ -73,16 +73,23 @@ def token_logps(model, batch: dict, fast: bool, want: str = "sum"):
     if fast:
         body, head = lm_parts(model)
         hidden = body(**kwargs, use_cache=False).last_hidden_state[:, :-1]
-        logits = head(hidden[sel]).float()
+        logits = at_least_fp32(head(hidden[sel]))
     else:
         out = model(**kwargs, use_cache=False)
-        logits = out.logits[:, -labels.shape[1] :][:, :-1][sel].float()
+        logits = at_least_fp32(out.logits[:, -labels.shape[1] :][:, :-1][sel])
     y = target[sel]
     if want == "sum":
         return F.cross_entropy(logits, y, reduction="sum"), int(sel.sum())
     logp = -F.cross_entropy(logits, y, reduction="none")
     rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(target)[sel]
     return torch.zeros(labels.shape[0], device=logp.device, dtype=logp.dtype).index_add(0, rows, logp)
+
+
+def at_least_fp32(x):
+    """Half-precision tensors in float32 (losses and softmaxes are computed there); float32 and float64 unchanged."""
+    import torch
+
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def response_counts(batch: dict):
@@ -101,7 +108,7 @@ def reward_scores(model, batch: dict):
     h = hidden[range(hidden.shape[0]), last]
     peft = hasattr(model, "base_model") and hasattr(model, "peft_config")
     head = model.base_model.model.score if peft else base.score
-    return head(h).squeeze(-1).float()
+    return at_least_fp32(head(h).squeeze(-1))
 
 
 class Objective:

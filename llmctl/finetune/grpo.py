@@ -5,12 +5,15 @@ unbiased estimator exp(r) − r − 1, r = log π_ref − log π.
 
 One llmctl step = train.batch_size × train.grad_accum prompts (grad_accum micro-batches of batch_size prompts
 and their groups), then grpo.epochs optimizer updates on those samples (μ in the paper; with 1 the ratio is 1 and
-the clip never acts). The loss is the paper's: each sample's per-token mean, averaged over samples. Dropout is
+the clip never acts). The loss (grpo.loss_type, TRL's names): "grpo", the paper's, each sample's per-token mean
+averaged over samples; "dapo", one mean over all the step's response tokens (Yu et al. 2025, with clip-higher
+grpo.epsilon_high); "dr_grpo", the token sum over samples × rollout.max_new_tokens (Liu et al. 2025). Dropout is
 off during the step. Defaults: ε 0.2 and β 0.04 (the paper), 8 generations (TRL).
 
 Examples:
     adv = group_advantages(torch.tensor([1., 0., 0., 0.]), group=2, scale=True)    # [0.707, -0.707, 0, 0]
     per_token, clipped, kl = grpo_terms(logp, old_logp, ref_logp, adv, epsilon=0.2, beta=0.04)
+    loss = grpo_loss(per_token, mask, "dapo", samples=8, step_tokens=200, max_len=64)
 """
 
 from __future__ import annotations
@@ -38,15 +41,30 @@ def k3_kl(logp, ref_logp):
     return torch.exp(r) - r - 1
 
 
-def grpo_terms(logp, old_logp, ref_logp, adv, epsilon: float, beta: float):
-    """Per-token loss −(min(ρ·A, clip(ρ)·A) − β·KL), whether ρ was clipped, and the KL (0 without a reference)."""
+def grpo_terms(
+    logp, old_logp, ref_logp, adv, epsilon: float, beta: float, epsilon_high: float | None = None, kl_ratio=False
+):
+    """Per-token loss −(min(ρ·A, clip(ρ, 1−ε, 1+ε_high)·A) − β·KL), whether ρ was clipped, and the KL (0 without a
+    reference); ε_high defaults to ε. With kl_ratio the KL term is ρ·KL (differentiable ρ, so even at ρ = 1 its
+    gradient is the reverse KL's; DeepSeek-V3.2, TRL's use_bias_correction_kl)."""
     import torch
 
     ratio = torch.exp(logp - old_logp)
     a = adv[:, None]
-    obj1, obj2 = ratio * a, ratio.clamp(1 - epsilon, 1 + epsilon) * a
+    high = epsilon if epsilon_high is None else epsilon_high
+    obj1, obj2 = ratio * a, ratio.clamp(1 - epsilon, 1 + high) * a
     kl = k3_kl(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
-    return -(torch.min(obj1, obj2) - beta * kl), (obj2 < obj1).float(), kl
+    kl_term = kl * ratio if kl_ratio else kl
+    return -(torch.min(obj1, obj2) - beta * kl_term), (obj2 < obj1).float(), kl
+
+
+def grpo_loss(per_token, mask, loss_type: str, samples: int, step_tokens: int, max_len: int):
+    """This micro-batch's share of the step's loss: "grpo" Σ_rows (token mean of the row) / samples; "dapo" the
+    token sum / the step's response tokens; "dr_grpo" the token sum / (samples × max_len)."""
+    if loss_type == "grpo":
+        return ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1)).sum() / samples
+    total = (per_token * mask).sum()
+    return total / max(1, step_tokens) if loss_type == "dapo" else total / (samples * max_len)
 
 
 class GRPO(OnPolicy):
@@ -80,6 +98,8 @@ class GRPO(OnPolicy):
         net.eval()  # no dropout: sampling and updates see one policy
         groups = self._rollouts(run, step)
         samples = sum(g["ro"].mask.shape[0] for g in groups)
+        step_tokens = int(sum(g["ro"].mask.sum() for g in groups))
+        max_len = run.models.ctx.gen["max_new_tokens"]
         sums = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0}
         norm = None
         for _ in range(c["epochs"]):
@@ -88,9 +108,10 @@ class GRPO(OnPolicy):
                 with run.precision.autocast():
                     logp = response_stats(net, ro, run.models.ctx)[0].float()
                 old = g["old"] if g["old"] is not None else logp.detach()
-                per_token, clipped, kl = grpo_terms(logp, old, g["ref"], g["adv"], c["epsilon"], c["beta"])
-                lengths = ro.mask.sum(1).clamp(min=1)
-                loss = ((per_token * ro.mask).sum(1) / lengths).sum() / samples
+                per_token, clipped, kl = grpo_terms(
+                    logp, old, g["ref"], g["adv"], c["epsilon"], c["beta"], c["epsilon_high"], c["kl_ratio"]
+                )
+                loss = grpo_loss(per_token, ro.mask, c["loss_type"], samples, step_tokens, max_len)
                 run.precision.backward(loss)
                 share = ro.mask.shape[0] / samples
                 sums["loss"] += float(loss.detach())

@@ -142,17 +142,26 @@ class FinetuneRun:
         self.log(f"resumed from step {self.start} ({self.ckpt.root})")
 
     def open_logs(self) -> None:
-        from llmctl.config.profiles import save_config
-        from llmctl.training.metrics import MetricsLogger, NullLogger
+        from llmctl.config.profiles import save_run_config
+        from llmctl.training.metrics import NullLogger, open_logger
 
-        if not self.s.d.main:  # rank 0 writes the logs and the config
+        if not self.s.d.main:  # rank 0 writes the logs and the config (and reports to MLflow / W&B)
             self.metrics_log = NullLogger()
             return
-        self.metrics_log = MetricsLogger(self.s.run.path, append=self.resumed_from is not None)
+        s = self.s
+        self.metrics_log = open_logger(
+            s.run.path,
+            s.config,
+            self.resumed_from is not None,
+            kind="finetune",
+            name=s.name,
+            parents=[s.base.name or s.base.path, *s.extra_parents],
+            command=s.command,
+        )
         if self.start:
             self.metrics_log.truncate_after(self.start)
         self.ckpt.clean_leftovers()
-        save_config(self.s.config, self.s.run.path / "llmctl-config.yaml", self.s.command)
+        save_run_config(self.s.config, self.s.run.path, self.s.command)
 
     # ---- one step ---------------------------------------------------------------------------------------------
 

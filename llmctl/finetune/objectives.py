@@ -78,7 +78,10 @@ class DPO(Objective):
         n = logp.shape[0] // 2
         margin = (logp[:n] - ref[:n]) - (logp[n:] - ref[n:])
         beta = config["dpo"]["beta"]
-        losses = -F.logsigmoid(beta * margin)
+        if config["dpo"]["loss"] == "hinge":  # SLiC's hinge on the same margin (TRL's loss_type="hinge")
+            losses = F.relu(1 - beta * margin)
+        else:
+            losses = -F.logsigmoid(beta * margin)
         extra = {
             "reward_accuracy": float((margin > 0).float().mean()),
             "reward_margin": float(beta * margin.detach().mean()),
@@ -150,7 +153,10 @@ class KTO(Objective):
 
 class ORPO(Objective):
     """Odds-ratio preference optimisation: mean response NLL of the chosen reply plus λ·-log σ(log odds ratio),
-    odds from each reply's length-averaged probability (Hong et al. 2024, eq. 6–7); λ = orpo.beta."""
+    odds from each reply's length-averaged probability (Hong et al. 2024, eq. 6–7); λ = orpo.beta.
+
+    orpo.nll "sequence" is TRL's ORPOTrainer instead: the NLL over the chosen rows' prompt and reply tokens, one
+    token mean over the micro-batch (a second forward pass over those rows)."""
 
     name, summary = "orpo", "SFT plus an odds-ratio preference term, no reference"
     fingerprint_keys = ("orpo",)
@@ -164,11 +170,18 @@ class ORPO(Objective):
         # log(p / (1 - p)) with p the per-token mean probability; p < 1 is kept strictly below 1 in float32
         log_odds = avg - torch.log1p(-torch.exp(avg).clamp(max=1 - 1e-6))
         ratio = log_odds[:n] - log_odds[n:]
-        losses = -avg[:n] - config["orpo"]["beta"] * F.logsigmoid(ratio)
+        nll = -avg[:n]
+        if config["orpo"]["nll"] == "sequence":
+            rows = {k: batch[k][:n] for k in ("input_ids", "attention_mask")}
+            s, count = token_logps(
+                m.net, {**rows, "labels": rows["input_ids"].masked_fill(rows["attention_mask"] == 0, IGNORE)}, m.fast
+            )
+            nll = (s / max(1, count)).expand(n)  # the token mean, on every pair: summed / pairs it is the mean again
+        losses = nll - config["orpo"]["beta"] * F.logsigmoid(ratio)
         extra = {
             "reward_accuracy": float((ratio > 0).float().mean()),
             "log_odds_ratio": float(ratio.detach().mean()),
-            "nll": float(-avg[:n].detach().mean()),
+            "nll": float(nll.detach().mean()),
         }
         return losses.sum() / max(1, denom), extra
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmctl.errors import LlmctlError
-from llmctl.finetune.base import Objective
+from llmctl.finetune.base import Objective, at_least_fp32
 from llmctl.finetune.batches import Plan
 from llmctl.finetune.rewards import RewardModel, call_reward
 
@@ -153,11 +153,11 @@ def response_stats(
         input_ids=ro.input_ids, attention_mask=ro.attention_mask, position_ids=positions, use_cache=False
     ).last_hidden_state
     h = hidden[:, ro.prompt_len - 1 : -1]  # the state before each response token
-    logits = head(h).float() / (temperature or ctx.gen["temperature"])
+    logits = at_least_fp32(head(h)) / (temperature or ctx.gen["temperature"])
     logp_all = F.log_softmax(logits, -1)
     logp = logp_all.gather(-1, ro.response[..., None]).squeeze(-1)
     ent = -(logp_all.exp() * logp_all).sum(-1) if entropy else None
-    values = v_head(h.float()).squeeze(-1) if v_head is not None else None
+    values = v_head(h.to(next(v_head.parameters()).dtype)).squeeze(-1) if v_head is not None else None
     return logp, ent, values
 
 

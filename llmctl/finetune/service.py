@@ -98,7 +98,65 @@ def _check_rope(base, config: dict, device: str) -> None:
         batch=t["batch_size"],
         train="full" if config["method"] == "full" else "adapter",
         label=base.label,
+        memory=False,  # the training estimate below checks memory (llmctl.training.estimate)
     )
+
+
+def memory_estimate(arch, config: dict, device: str) -> dict:
+    """Peak memory of this finetuning run (`llmctl.training.estimate`), with the objective's extra rows and models:
+    preference pairs run chosen and rejected together, a full-weights run keeps a frozen reference copy, PPO/GRPO
+    keep a reward model and the KV cache of their rollouts."""
+    from llmctl.training.estimate import train_estimate
+    from llmctl.training.precision import compute_dtype
+
+    obj, method = objectives.get(config["objective"]), config["method"]
+    rows = 2 if obj.name in ("dpo", "ipo", "kto", "orpo", "simpo", "reward") else 1
+    if obj.name == "grpo":
+        rows = config["grpo"]["num_generations"]
+    reference = obj.uses_reference and method == "full" and not (obj.name == "grpo" and config["grpo"]["beta"] == 0)
+    extra = int(reference) + int(bool(config["reward"]["model"]))
+    rollout = config["train"]["seq_len"] + config["rollout"]["max_new_tokens"] if obj.rollouts else 0
+    dtype = compute_dtype(config["train"]["dtype"], device)
+    est = train_estimate(
+        arch, config, device, rows=rows, extra_models=extra, rollout_tokens=rollout, compute_dtype=dtype
+    )
+    return est | {"device": device, "compute_dtype": dtype, "extra_models": extra}
+
+
+def estimate(model: str, config: dict, data: Path | None = None, steps: int = 0, on_log=None) -> dict:
+    """What `--dry-run` shows: the run's estimated peak memory by part and, with `steps`, the time per step of
+    that many real steps run in a scratch LLMCTL_HOME (nothing of the user's is written, nothing is registered).
+
+    Examples:
+        estimate("smollm2-135m-instruct", config)["peak_bytes"]
+        estimate("tiny", config, Path("alpaca.json"), steps=3)["seconds_per_step"]
+    """
+    from llmctl.models.resolve import resolve_model
+    from llmctl.training.dist import pick_device
+    from llmctl.training.estimate import arch_of, check_fits, probe, probe_config, scratch_home, unavailable
+
+    device = pick_device(config["train"]["device"])
+    try:
+        est = memory_estimate(arch_of(model), config, device)
+    except LlmctlError as exc:
+        if steps:
+            raise
+        return unavailable(exc)
+    check_fits(est, device, ignore=True, override="train.ignore_memory_check")  # records the free memory
+    if not steps:
+        return est
+    if data is None:
+        raise LlmctlError("--estimate-steps runs real steps and needs --data FILE", hint="add --data FILE")
+    base = resolve_model(model).path  # a path: the scratch home's registry does not know the user's names
+
+    def run() -> float:
+        with scratch_home():
+            cut = probe_config(config, steps)
+            cut["data"]["eval_split"] = 0
+            result = finetune(base, Path(data).resolve(), "estimate-probe", cut, on_log=on_log)
+        return float(result.metrics["train_seconds"])
+
+    return probe(run, steps, est, device)
 
 
 def prepare_data(s: Setup, data: Path, log: Callable[[str], None]) -> None:
@@ -142,6 +200,9 @@ def prepare_model(s: Setup, log: Callable[[str], None]) -> None:
 
     s.base_model = load_base(s.base, s.config, s.device, s.tokenizer)
     s.net = apply_method(s.base_model, s.config, s.tokenizer)
+    if s.config["train"]["gradient_checkpointing"]:
+        # non-reentrant checkpoints need no input that requires grad, so frozen embeddings (LoRA) work as they are
+        s.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     method = s.config["method"]
     s.fast = (
         method not in ("prompt-tuning", "prefix-tuning")
@@ -175,7 +236,9 @@ def setup(
     from llmctl.training.dist import Dist, env_rank, in_torchrun, init_dist, pick_device
     from llmctl.training.run_dir import open_run_dir, run_dir_for
     from llmctl.training.state import Checkpointer, seed_everything
+    from llmctl.training.tracking import check_reporters
 
+    check_reporters(config)  # a missing llmctl[mlflow] / llmctl[wandb] is refused before anything is read
     registry, main = Registry(), env_rank() == 0
     reservation = registry.reserve(name, force) if main else None
     _check_combination(config)
@@ -203,6 +266,15 @@ def setup(
         device=pick_device(config["train"]["device"]),
     )
     _check_rope(base, config, s.device)
+    from llmctl.training.estimate import arch_from_path, check_fits
+
+    t = config["train"]
+    check_fits(
+        memory_estimate(arch_from_path(Path(base.path)), config, s.device),
+        s.device,
+        t["ignore_memory_check"],
+        "train.ignore_memory_check",
+    )
     if resume and not Checkpointer(run_dir_for(name) / "checkpoints").steps():
         raise LlmctlError(
             f"--resume given but {run_dir_for(name) / 'checkpoints'} holds no checkpoint",
@@ -307,9 +379,8 @@ def finetune(
 
 def publish(s: Setup, metrics: dict) -> tuple[str, str]:
     """Save the adapter (or full model) with its tokenizer, config and curves, and register it."""
-    from llmctl.config.profiles import save_config
     from llmctl.models.formats.hf import arch_summary
-    from llmctl.models.registry import ModelEntry
+    from llmctl.models.publish import publish_model
 
     config, method = s.config, s.config["method"]
     out_format = "peft-adapter" if method in PEFT_METHODS else "hf"
@@ -348,19 +419,17 @@ def publish(s: Setup, metrics: dict) -> tuple[str, str]:
         else:
             s.net.save_pretrained(tmp, safe_serialization=True)
         s.tokenizer.save_pretrained(tmp)
-        save_config(config, tmp / "llmctl-config.yaml", s.command)
         for extra_file in ("metrics.csv", "loss.png"):
             if (s.run.path / extra_file).is_file():
                 (tmp / extra_file).write_bytes((s.run.path / extra_file).read_bytes())
-        entry = ModelEntry(
-            name=s.name,
-            format=out_format,
-            path="",
+        publish_model(
+            s.reservation,
+            tmp,
+            out_format,
             parents=[s.base.name or s.base.path, *s.extra_parents],
+            config=config,
             command=s.command,
-            profile=config,
             meta=meta,
             metrics={f"finetune.{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and k in keep},
         )
-        s.reservation.publish(entry, tmp)
     return str(s.reservation.path), out_format

@@ -129,7 +129,7 @@ def generate(
         if "prompt" in item and not item["prompt"].strip():
             raise LlmctlError("the prompt is empty", hint="give some text with --prompt or on stdin")
     if loaded is None:
-        resolved, backend, why = pick_backend(model, config, adapter)
+        resolved, backend, why = pick_backend(model, config, adapter, prompts=len(items))
         if backend != "hf":
             return generate_on_backend(backend, why, resolved, items, config, on_text)
     loaded = loaded or load_model(
@@ -152,41 +152,16 @@ def generate(
         idx = order[start : start + bs]
         enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: enc[k].to(loaded.device) for k in ("input_ids", "attention_mask")}
-        prompt_len = enc["input_ids"].shape[1]
-        kwargs = generation_kwargs(mdl, tok, config, prompt_len)
+        kwargs = generation_kwargs(mdl, tok, config, enc["input_ids"].shape[1])
         with torch.inference_mode():
             if stream:
                 out = _generate_streaming(mdl, tok, enc, kwargs, config["stop"], on_text)
             else:
                 out = mdl.generate(**enc, **kwargs)
-        new = out[:, prompt_len:]
-        eos_ids = kwargs["generation_config"].eos_token_id
-        eos_ids = set(eos_ids if isinstance(eos_ids, list) else [eos_ids])
-        for row, seq in enumerate(new):
-            item_pos = idx[row // n_ret]
-            ids = seq.tolist()
-            # count real new tokens: up to and including the first eos, no padding after it
-            count = next((k + 1 for k, t in enumerate(ids) if t in eos_ids), len(ids))
-            text = tok.decode(ids[:count], skip_special_tokens=True)
-            text, stopped = trim_at_stop(text, config["stop"])
-            entry = outputs.setdefault(item_pos, {"texts": [], "new_tokens": 0})
-            entry["texts"].append(text)
-            entry["new_tokens"] += count
-            entry["prompt_tokens"] = int(enc["attention_mask"][row // n_ret].sum())
-            new_tokens += count
+        new_tokens += _decode_batch(tok, out, enc, idx, kwargs, config, outputs)
         prompt_tokens += int(enc["attention_mask"].sum())
     seconds = time.perf_counter() - started
-    results = []
-    for i, item in enumerate(items):
-        o = outputs[i]
-        row = {k: v for k, v in item.items()}
-        if n_ret == 1:
-            row["output"] = o["texts"][0]
-        else:
-            row["outputs"] = o["texts"]
-        row["prompt_tokens"] = o["prompt_tokens"]
-        row["new_tokens"] = o["new_tokens"]
-        results.append(row)
+    results = _result_rows(items, outputs, n_ret)
     stats = {
         "prompts": len(items),
         "prompt_tokens": prompt_tokens,
@@ -201,10 +176,47 @@ def generate(
     return GenerateResult(items=results, stats=stats, model=loaded.resolved.label)
 
 
-def pick_backend(model: str, config: dict, adapter: str | None):
+def _decode_batch(tok, out, enc: dict, idx: list[int], kwargs: dict, config: dict, outputs: dict) -> int:
+    """Decode one batch's answers into outputs[item position] (texts, token counts); returns its new tokens."""
+    n_ret, prompt_len = config["num_return_sequences"], enc["input_ids"].shape[1]
+    eos_ids = kwargs["generation_config"].eos_token_id
+    eos_ids = set(eos_ids if isinstance(eos_ids, list) else [eos_ids])
+    total = 0
+    for row, seq in enumerate(out[:, prompt_len:]):
+        ids = seq.tolist()
+        # count real new tokens: up to and including the first eos, no padding after it
+        count = next((k + 1 for k, t in enumerate(ids) if t in eos_ids), len(ids))
+        text, _stopped = trim_at_stop(tok.decode(ids[:count], skip_special_tokens=True), config["stop"])
+        entry = outputs.setdefault(idx[row // n_ret], {"texts": [], "new_tokens": 0})
+        entry["texts"].append(text)
+        entry["new_tokens"] += count
+        entry["prompt_tokens"] = int(enc["attention_mask"][row // n_ret].sum())
+        total += count
+    return total
+
+
+def _result_rows(items: list[dict], outputs: dict, n_ret: int) -> list[dict]:
+    """Each item with its answer (`output`, or `outputs` for several per prompt) and token counts, in input order."""
+    results = []
+    for i, item in enumerate(items):
+        o = outputs[i]
+        row = dict(item)
+        if n_ret == 1:
+            row["output"] = o["texts"][0]
+        else:
+            row["outputs"] = o["texts"]
+        row["prompt_tokens"] = o["prompt_tokens"]
+        row["new_tokens"] = o["new_tokens"]
+        results.append(row)
+    return results
+
+
+def pick_backend(model: str, config: dict, adapter: str | None, prompts: int = 1):
     """(resolved model, backend name, why) for generate: config["backend"], or what `auto` picks.
 
-    auto keeps hf whenever a setting only hf has is asked for (beam search, --adapter, an explicit dtype).
+    auto keeps hf whenever a setting only hf has is asked for (beam search, --adapter, an explicit dtype, a
+    seeded sample: another backend draws other tokens from the same seed); prompts × answers ×
+    max_new_tokens is the work that decides whether an fp32 OpenVINO IR is made (llmctl.inference.backends).
     """
     from llmctl.inference import backends
     from llmctl.models.resolve import resolve_model
@@ -213,14 +225,18 @@ def pick_backend(model: str, config: dict, adapter: str | None):
     name = config.get("backend", "hf")
     if name != "auto":
         return resolved, backends.check_name(name), "asked for"
+    sampled = config["do_sample"] and config["temperature"] > 0
     hf_settings = [
         ("beam search (--num-beams)", config["num_beams"] > 1),
         ("--adapter", bool(adapter)),
         (f"--dtype {config['dtype']}", config["dtype"] != "auto"),
         ("RoPE scaling (--rope-scaling)", bool((config.get("rope") or {}).get("scaling"))),
+        ("sampling with --seed", sampled and config["seed"] is not None),
+        ("--num-return-sequences without sampling", config["num_return_sequences"] > 1 and not sampled),
     ]
     hf_only = next((what for what, asked in hf_settings if asked), None)
-    name, why = backends.choose(resolved, config["device"], hf_only=hf_only)
+    work = prompts * config["num_return_sequences"] * config["max_new_tokens"]
+    name, why = backends.choose(resolved, config["device"], hf_only=hf_only, work_tokens=work)
     return resolved, name, why
 
 
@@ -243,7 +259,9 @@ def generate_on_backend(
         )
     n = config["num_return_sequences"]
     slots = 1 if len(items) * n == 1 else max(config["batch_size"], n)
-    options = BackendOptions(max_batch=slots, device=config["device"], dtype=config["dtype"])
+    options = BackendOptions(max_batch=slots, device=config["device"], dtype=config["dtype"], say=_say)
+    if config.get("backend") == "auto":
+        options = backends.auto_options(backend, resolved, options)
     engine = Engine(backends.create(backend, resolved, options), max_concurrency=slots)
     answers = [[""] * n for _ in items]
     tokens = [0] * len(items)
@@ -295,6 +313,14 @@ def generate_on_backend(
         "backend_reason": why,
     }
     return GenerateResult(items=results, stats=stats, model=resolved.label)
+
+
+def _say(message: str) -> None:
+    """A one-time set-up step (a conversion) on stderr: stdout carries only answers."""
+    import sys
+
+    sys.stderr.write(f"{message}\n")
+    sys.stderr.flush()
 
 
 def _backend_prompts(backend, items: list[dict], config: dict) -> list[list[int]]:

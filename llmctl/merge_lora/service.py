@@ -136,10 +136,8 @@ def merge_lora(
     """Merge `adapter` into its base (or `base`) and register the result as `name`."""
     import torch
 
-    from llmctl.config.profiles import save_config
-    from llmctl.models.formats.adapter import adapter_base, adapter_config
-    from llmctl.models.formats.bnb import bnb_config_dict, check_bnb_4bit
-    from llmctl.models.registry import ModelEntry, Registry
+    from llmctl.models.formats.adapter import adapter_base
+    from llmctl.models.registry import Registry
     from llmctl.models.resolve import resolve_model
 
     registry = Registry()
@@ -151,17 +149,7 @@ def merge_lora(
             "adapter": ad.entry.meta["merged_from"],
             "message": f"{ad.label} is already merged (from adapter {ad.entry.meta['merged_from']}); nothing to do",
         }
-    if ad.format != "peft-adapter":
-        raise LlmctlError(
-            f"{ad.label} is a {ad.format!r} model, not a LoRA adapter",
-            hint="pass an adapter made by `llmctl finetune --method lora|qlora|dora`",
-        )
-    acfg = adapter_config(Path(ad.path))
-    if acfg.get("peft_type") != "LORA":
-        raise LlmctlError(
-            f"adapter {ad.label} is {acfg.get('peft_type')}, which has no weights to merge",
-            hint="only LoRA/QLoRA/DoRA adapters merge; use the adapter directly with `llmctl generate`",
-        )
+    _check_adapter(ad)
     if not name:
         raise UsageError("missing --name for the merged model")
     reservation = registry.reserve(name, force)
@@ -172,11 +160,9 @@ def merge_lora(
             hint="pass the original model with --base",
         )
     meta_ad = ad.entry.meta if ad.entry is not None else {}
-    qlora = meta_ad.get("method") == "qlora"
     merged, tokenizer, diff, dequantized = merge_adapter(ad, b, config["qlora_base"], config["check"])
     dtype = config["dtype"]  # float32|bfloat16|float16: the schema stores fp32|bf16|fp16 in the long form
     merged = merged.to(getattr(torch, dtype))
-    fmt = "hf"
     meta = {
         "merged_from": ad.label,
         "base": b.label,
@@ -185,27 +171,10 @@ def merge_lora(
         "adapter_method": meta_ad.get("method"),
         "requantized": config["requantize"],
     }
-    if qlora:
+    if meta_ad.get("method") == "qlora":
         meta["qlora_base"] = config["qlora_base"]
         meta["dequantized_linear_layers"] = dequantized
-    facts = {}
-    with reservation.staging() as tmp:
-        merged.save_pretrained(tmp, safe_serialization=True)
-        if config["requantize"]:
-            # the registry's `bnb` format (as `llmctl quantize --backend bnb` writes it): the weights plus the
-            # bitsandbytes config, applied when the model is loaded
-            check_bnb_4bit("cpu")
-            bnb = bnb_config_dict({"double_quant": True, "compute_dtype": dtype}, config["requantize"])
-            fmt, facts = "bnb", {"bnb_config": bnb}
-            meta.update(bits=4, bnb_config=bnb)
-        tokenizer.save_pretrained(tmp)
-        save_config(config, tmp / "llmctl-config.yaml", command)
-        parents = [p for p in (ad.name or ad.path, b.name or b.path)]
-        reservation.publish(
-            ModelEntry(name=name, format=fmt, path="", parents=parents, command=command, profile=config, meta=meta),
-            tmp,
-            **facts,
-        )
+    fmt = _save(reservation, merged, tokenizer, config, meta, [ad.name or ad.path, b.name or b.path], command)
     return {
         "already_merged": False,
         "name": name,
@@ -217,3 +186,40 @@ def merge_lora(
         "max_abs_logit_diff": diff,
         "requantized": config["requantize"],
     }
+
+
+def _check_adapter(ad) -> None:
+    """`ad` is a LoRA-family adapter (the only PEFT type with weights to fold in)."""
+    from llmctl.models.formats.adapter import adapter_config
+
+    if ad.format != "peft-adapter":
+        raise LlmctlError(
+            f"{ad.label} is a {ad.format!r} model, not a LoRA adapter",
+            hint="pass an adapter made by `llmctl finetune --method lora|qlora|dora`",
+        )
+    acfg = adapter_config(Path(ad.path))
+    if acfg.get("peft_type") != "LORA":
+        raise LlmctlError(
+            f"adapter {ad.label} is {acfg.get('peft_type')}, which has no weights to merge",
+            hint="only LoRA/QLoRA/DoRA adapters merge; use the adapter directly with `llmctl generate`",
+        )
+
+
+def _save(reservation, merged, tokenizer, config: dict, meta: dict, parents: list, command: str) -> str:
+    """Save the merged model (as `bnb` when re-quantized) and publish it; returns its format."""
+    from llmctl.models.formats.bnb import bnb_config_dict, check_bnb_4bit
+    from llmctl.models.publish import publish_model
+
+    fmt, facts = "hf", {}
+    with reservation.staging() as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        if config["requantize"]:
+            # the registry's `bnb` format (as `llmctl quantize --backend bnb` writes it): the weights plus the
+            # bitsandbytes config, applied when the model is loaded
+            check_bnb_4bit("cpu")
+            bnb = bnb_config_dict({"double_quant": True, "compute_dtype": config["dtype"]}, config["requantize"])
+            fmt, facts = "bnb", {"bnb_config": bnb}
+            meta.update(bits=4, bnb_config=bnb)
+        tokenizer.save_pretrained(tmp)
+        publish_model(reservation, tmp, fmt, parents=parents, config=config, command=command, meta=meta, **facts)
+    return fmt

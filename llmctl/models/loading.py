@@ -14,21 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmctl.config.dtypes import DTYPE_NAMES
 from llmctl.errors import LlmctlError
 from llmctl.models import formats
 from llmctl.models.formats.adapter import adapter_base, attach
 from llmctl.models.formats.hf import ensure_pad_token, load_tokenizer  # noqa: F401  (re-exported for services)
 from llmctl.models.resolve import ResolvedModel, resolve_model
-
-# dtype spellings users type → torch dtype names
-DTYPES = {
-    "float32": "float32",
-    "fp32": "float32",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float16": "float16",
-    "fp16": "float16",
-}
 
 
 @dataclass
@@ -63,16 +54,17 @@ def pick_device(device: str = "auto") -> str:
 
 
 def pick_dtype(dtype: str, device: str):
-    """'auto' → bfloat16 on GPUs that support it, float32 elsewhere (CPU fp32 is exact and fast enough)."""
+    """The torch dtype to load weights in: a spelling of llmctl.config.dtypes, or 'auto' (its inference meaning:
+    bfloat16 on GPUs that support it, float32 elsewhere)."""
     import torch
 
+    from llmctl.config.dtypes import auto_dtype
+
     if dtype in (None, "", "auto"):
-        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    if dtype not in DTYPES:
+        return getattr(torch, auto_dtype("inference", device))
+    if dtype not in DTYPE_NAMES:
         raise LlmctlError(f"unknown dtype {dtype!r}", hint="use auto, float32, bfloat16 or float16")
-    return getattr(torch, DTYPES[dtype])
+    return getattr(torch, DTYPE_NAMES[dtype])
 
 
 def _load_adapter(resolved: ResolvedModel, dtype, device: str):

@@ -286,6 +286,7 @@ class Registry:
             )
         if old is not None:
             delete_path(old)
+        _report_metrics(entry, entry.metrics, new=True)
         return entry
 
     def remove(self, name: str, delete_files: bool = False, protect_children: bool = False) -> tuple[ModelEntry, bool]:
@@ -341,6 +342,8 @@ class Registry:
             con.execute(f"UPDATE models SET {column} = ? WHERE name = ?", (json.dumps(merged, default=str), name))
         entry = self.get(name)
         _refresh_marker(entry)
+        if column == "metrics":
+            _report_metrics(entry, values, new=False)
         return entry
 
 
@@ -409,6 +412,20 @@ class Reservation:
         kept.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged, kept)
         return kept
+
+
+# Metrics just recorded also go to the experiment tracker (MLflow, W&B) of the run that produced the model, found
+# by lineage. The tracker is a service, a layer above the registry: named by string, like the formats table's loaders.
+_TRACKING_HOOK = "llmctl.training.tracking:registry_metrics"
+
+
+def _report_metrics(entry: ModelEntry, metrics: dict, new: bool) -> None:
+    if not metrics:
+        return
+    import importlib
+
+    module, function = _TRACKING_HOOK.split(":")
+    getattr(importlib.import_module(module), function)(entry, metrics, new)
 
 
 def _refresh_marker(entry: ModelEntry) -> None:

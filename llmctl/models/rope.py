@@ -67,9 +67,18 @@ def original_length(cfg) -> int:
     return int(positions(cfg) or 0)
 
 
+# the keys a model config declares its learned positions under (LLaMA, GPT-2, others), first found wins
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+
+
 def positions(cfg) -> int | None:
-    """The model's `max_position_embeddings` (or GPT-2's `n_positions`)."""
-    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+    """The context length a model config declares: its learned positions (`max_position_embeddings`, GPT-2's
+    `n_positions`, …); None when it declares none. The one reading of it (perplexity, inference, export).
+
+    Examples:
+        positions(AutoConfig.from_pretrained("gpt2"))   # 1024
+    """
+    for attr in POSITION_KEYS:
         value = getattr(cfg, attr, None)
         if isinstance(value, int) and value > 0:
             return value
@@ -306,10 +315,12 @@ def check_lengths(
     label: str = "the model",
     batch: int = 1,
     train: str | None = None,
+    memory: bool = True,
 ) -> None:
     """Refuse, before loading, context lengths a model cannot take: beyond learned positions, or beyond memory.
 
-    `LLMCTL_MEMORY_BYTES` overrides the memory available (tests; a share of a machine).
+    `LLMCTL_MEMORY_BYTES` overrides the memory available (tests; a share of a machine). `memory=False` checks
+    positions only (finetune checks memory with its fuller estimate, `llmctl.training.estimate`).
 
     Examples:
         check_lengths(Path(m) / "config.json", [8192, 16384], "cpu", "--context-lengths", logits_rows=8)
@@ -327,6 +338,8 @@ def check_lengths(
                 f"{option} {longest} is longer than {label} can take: it has {n} learned positions",
                 hint=f"use lengths up to {n} (RoPE scaling needs a RoPE model)",
             )
+    if not memory:
+        return
     parts = estimate_bytes(raw, longest, dtype_bytes, logits_rows, batch, train)
     want = sum(parts.values())
     have = (

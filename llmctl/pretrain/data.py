@@ -26,7 +26,7 @@ def _tokenizer_sha(folder: Path) -> str | None:
 
 def resolve_tokenizer(data, tokenizer: str | None) -> tuple[str | None, Path]:
     """The tokenizer to train with: the one the data index records; another one is an error."""
-    from llmctl.models.registry import Registry
+    from llmctl.data.token_data import recorded_tokenizer
 
     rec = data.tokenizer
     want_sha = rec.get("sha256")
@@ -56,16 +56,12 @@ def resolve_tokenizer(data, tokenizer: str | None) -> tuple[str | None, Path]:
                     hint="use the tokenizer the data was encoded with, or re-encode the data",
                 )
         return name or rec.get("name"), folder
-    folder = Path(rec.get("path") or "")
-    name = rec.get("name")
-    if not (rec.get("path") and folder.is_dir()):
-        entry = Registry().find(name) if name else None
-        if entry is None or not Path(entry.path).is_dir():
-            raise LlmctlError(
-                f"the tokenizer recorded in {data.dir}/index.json ({rec.get('path')}) is missing",
-                hint="pass it with --tokenizer NAME_OR_DIR",
-            )
-        folder = Path(entry.path)
+    name, folder = recorded_tokenizer(rec)
+    if folder is None:
+        raise LlmctlError(
+            f"the tokenizer recorded in {data.dir}/index.json ({rec.get('path')}) is missing",
+            hint="pass it with --tokenizer NAME_OR_DIR",
+        )
     sha = _tokenizer_sha(folder)
     if want_sha and sha and sha != want_sha:
         raise LlmctlError(

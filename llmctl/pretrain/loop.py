@@ -80,6 +80,8 @@ class PretrainRun:
         self.cfg_obj = hf_config(self.p.shape, self.p.config["model"], self.p.tok)
         scale_config(self.cfg_obj, self.p.config.get("rope"))  # saved in config.json with the model
         self.raw = build_model(self.cfg_obj).to(self.device)
+        if self.tcfg["gradient_checkpointing"]:  # non-reentrant: the one torch recommends, FSDP-safe
+            self.raw.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.n_params = sum(w.numel() for w in self.raw.parameters())
         self.model, self.fsdp = wrap_model(self.raw, self.d, self.p.config, self.device)
         self.opt = make_optimizer(
@@ -95,7 +97,7 @@ class PretrainRun:
         self.loss_acc = torch.zeros((), device=self.device)
 
     def _setup_eval(self) -> None:
-        from llmctl.training.metrics import MetricsLogger
+        from llmctl.training.metrics import open_logger
 
         dcfg = self.p.config["data"]
         self.has_val = self.p.data.num_tokens(dcfg["val_split"]) > 0
@@ -103,7 +105,17 @@ class PretrainRun:
         self.bpt, self.bpt_source = (
             val_bytes_per_token(self.p.data, dcfg["val_split"], self.p.tok) if self.has_val else (None, "none")
         )
-        self.logger = MetricsLogger(self.p.run.path, tensorboard=True, append=self.p.resume) if self.d.main else None
+        self.logger = None
+        if self.d.main:  # rank 0 writes the logs (and reports to MLflow / W&B)
+            self.logger = open_logger(
+                self.p.run.path,
+                self.p.config,
+                self.p.resume,
+                kind="pretrain",
+                name=self.p.name,
+                parents=self.p.parents,
+                command=self.p.command,
+            )
         shape = self.p.shape
         self.flops_per_token = 6 * self.n_params + 12 * shape["num_layers"] * shape["hidden_size"] * self.seq_len
         self.peak = peak_flops(self.device)

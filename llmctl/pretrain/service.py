@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ class Plan:
     state: dict | None
     reservation: Any
     d: Dist
+    parents: list = field(default_factory=list)  # lineage (tokenizer, data), known before training for the trackers
 
 
 def _check_data(data, data_dir: Path, config: dict, shape: dict, context: int) -> None:
@@ -84,6 +85,72 @@ def _resume_state(ckpt, run_path: Path, shape: dict) -> dict:
     return state
 
 
+def shape_arch(shape: dict):
+    """The estimator's Arch of a pretrain model shape (`model_shape`)."""
+    from llmctl.training.estimate import Arch
+
+    gpt2 = shape["arch"] == "gpt2"
+    return Arch(
+        kind=shape["arch"],
+        hidden=shape["hidden_size"],
+        layers=shape["num_layers"],
+        heads=shape["num_heads"],
+        kv_heads=shape["num_kv_heads"],
+        head_dim=shape["hidden_size"] // shape["num_heads"],
+        inter=shape["intermediate_size"],
+        vocab=shape["vocab_size"],
+        tied=shape["tie_embeddings"],
+        positions=shape["max_position_embeddings"] if gpt2 else 0,
+    )
+
+
+def memory_estimate(shape: dict, config: dict, device: str) -> dict:
+    """Peak memory of a pretrain run of this shape (full weights, AdamW), by part."""
+    from llmctl.training.estimate import train_estimate
+    from llmctl.training.precision import compute_dtype
+
+    dtype = compute_dtype(config["train"]["dtype"], device)
+    est = train_estimate(shape_arch(shape), config | {"method": "full"}, device, compute_dtype=dtype)
+    return est | {"device": device, "compute_dtype": dtype}
+
+
+def estimate(data_dir: Path, config: dict, tokenizer: str | None = None, steps: int = 0, on_log=None) -> dict:
+    """What `--dry-run` shows: the estimated peak memory by part and, with `steps`, the time per step of that many
+    real steps run in a scratch LLMCTL_HOME (nothing of the user's is written, nothing is registered).
+
+    Examples:
+        estimate(Path("data/shakespeare"), config)["peak_bytes"]
+    """
+    from llmctl.data.token_data import TokenData
+    from llmctl.models.formats.hf import load_tokenizer
+    from llmctl.training.estimate import check_fits, probe, probe_config, scratch_home, unavailable
+
+    device = pick_device(config["train"]["device"])
+    data_dir = Path(data_dir).expanduser().resolve()
+    try:
+        data = TokenData(data_dir)
+        _name, tok_dir = resolve_tokenizer(data, tokenizer)
+        vocab = max(len(load_tokenizer(str(tok_dir))), int(data.tokenizer.get("vocab_size") or 0))
+        shape = model_shape(config["model"], vocab)
+        check_shape(shape)
+    except LlmctlError as exc:
+        if steps:
+            raise
+        return unavailable(exc)
+    est = memory_estimate(shape, config, device)
+    check_fits(est, device, ignore=True, override="train.ignore_memory_check")  # records the free memory
+    if not steps:
+        return est
+
+    def run() -> float:
+        with scratch_home():
+            cut = probe_config(config, steps)
+            cut["data"]["final_eval_tokens"] = 0
+            return float(pretrain(data_dir, "estimate-probe", cut, tokenizer=str(tok_dir), on_log=on_log)["seconds"])
+
+    return probe(run, steps, est, device)
+
+
 def plan_run(
     data_dir: Path, name: str, config: dict, tokenizer: str | None, resume: bool, force: bool, command: str
 ) -> Plan:
@@ -93,7 +160,9 @@ def plan_run(
     from llmctl.models.registry import Registry
     from llmctl.training.run_dir import open_run_dir, run_dir_for
     from llmctl.training.state import Checkpointer
+    from llmctl.training.tracking import check_reporters
 
+    check_reporters(config)  # a missing llmctl[mlflow] / llmctl[wandb] is refused before anything is read
     device = pick_device(config["train"]["device"])
     main = int(__import__("os").environ.get("RANK", "0")) == 0
     reservation = Registry().reserve(name, force) if main else None
@@ -104,6 +173,10 @@ def plan_run(
     vocab = max(len(tok), int(data.tokenizer.get("vocab_size") or 0))
     shape = model_shape(config["model"], vocab)
     check_shape(shape)
+    from llmctl.training.estimate import check_fits
+
+    t = config["train"]
+    check_fits(memory_estimate(shape, config, device), device, t["ignore_memory_check"], "train.ignore_memory_check")
     cfg = hf_config(shape, config["model"], tok)
     scale_config(cfg, config.get("rope"), f"a {shape['arch']} model")  # refused here for gpt2 (no RoPE)
     _check_data(data, data_dir, config, shape, context_length(cfg) or shape["max_position_embeddings"])
@@ -146,16 +219,17 @@ def pretrain(
     Examples:
         pretrain(Path("data/sp"), "tiny-sp", resolve_config("pretrain", "shakespeare-tiny", [], {}))
     """
-    from llmctl.config.profiles import save_config
+    from llmctl.config.profiles import save_run_config
     from llmctl.pretrain.loop import PretrainRun
 
     plan = plan_run(data_dir, name, config, tokenizer, resume, force, command)
+    plan.parents = _parents(plan)
     plan.d = init_dist(config, plan.device) if in_torchrun() else Dist()
     try:
         if plan.d.main:
             plan.run.path.mkdir(parents=True, exist_ok=True)
             plan.ckpt.clean_leftovers()
-            save_config(config, plan.run.path / "llmctl-config.yaml", command)
+            save_run_config(config, plan.run.path, command)
         plan.d.barrier()
         run = PretrainRun(plan, on_log)
         seconds = run.train()
@@ -217,9 +291,8 @@ def _parents(plan: Plan) -> list[str]:
 
 def _publish(plan: Plan, run, final: dict, model) -> dict:
     """Save the trained model as an HF folder with its tokenizer and register it (rank 0)."""
-    from llmctl.config.profiles import save_config
     from llmctl.data.token_data import file_sha256
-    from llmctl.models.registry import ModelEntry
+    from llmctl.models.publish import publish_model
 
     config, shape = plan.config, plan.shape
     meta = {
@@ -243,20 +316,16 @@ def _publish(plan: Plan, run, final: dict, model) -> dict:
     with plan.reservation.staging() as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         plan.tok.save_pretrained(tmp)
-        save_config(config, tmp / "llmctl-config.yaml", plan.command)
         if (plan.run.path / "loss.png").exists():
             shutil.copy2(plan.run.path / "loss.png", tmp / "loss.png")
-        entry = plan.reservation.publish(
-            ModelEntry(
-                name=plan.name,
-                format="hf",
-                path="",
-                parents=parents,
-                command=plan.command,
-                profile=config,
-                metrics=metrics,
-                meta=meta,
-            ),
+        entry = publish_model(
+            plan.reservation,
             tmp,
+            "hf",
+            parents=parents,
+            config=config,
+            command=plan.command,
+            metrics=metrics,
+            meta=meta,
         )
     return {"model_path": entry.path, "parents": parents}

@@ -22,35 +22,23 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from llmctl.compress.blocks import block_linears, decoder_layers, set_weight, weight_rows_cols
 from llmctl.compress.sequential import walk_blocks
 from llmctl.errors import LlmctlError
 from llmctl.prune.structured import _llama_parts, plan_heads, prune_channels, prune_heads, structured_importance
+from llmctl.runtime.progress import Progress, quiet
 
-METHODS = ("magnitude", "wanda", "sparsegpt")
 prunable_linears = block_linears  # the name structured/unstructured code here used before the move
 
 
 def parse_pattern(pattern: str | None) -> tuple[int, int] | None:
-    """'2:4' → (2, 4): N non-zeros kept in every M consecutive weights; N < M required."""
+    """'2:4' → (2, 4): N non-zeros kept in every M consecutive weights (the schema checked 0 < N < M)."""
     if pattern in (None, ""):
         return None
-    if str(pattern).isdigit():  # YAML reads an unquoted 2:4 from --set or a profile as the base-60 number 124
-        raise LlmctlError(
-            f"--pattern came through as the number {pattern} (YAML read N:M as base 60)",
-            hint="use --pattern 2:4, or quote it: --set 'pattern=\"2:4\"'",
-        )
-    try:
-        n_text, m_text = pattern.split(":")
-        n, m = int(n_text), int(m_text)
-    except ValueError as exc:
-        raise LlmctlError(f"--pattern {pattern!r} is not N:M", hint="use e.g. 2:4 or 4:8 (N kept of every M)") from exc
-    if not (0 < n < m):
-        raise LlmctlError(f"--pattern {pattern}: need 0 < N < M", hint="use e.g. 2:4 or 4:8 (N kept of every M)")
-    return n, m
+    n, m = str(pattern).split(":")
+    return int(n), int(m)
 
 
 # ---- masks and updates on one weight matrix (rows = outputs, columns = inputs) -------------------
@@ -185,7 +173,7 @@ def prune_unstructured(
     windows: list,
     blocksize: int = 128,
     percdamp: float = 0.01,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
     true_sequential: bool = False,
 ) -> None:
     """Prune every decoder-block linear in place, one block at a time (progress hears each block with an ETA).
@@ -294,32 +282,33 @@ def prune_in_memory(loaded, config: dict, windows: list, progress=None) -> dict:
 
 
 def check_config(config: dict) -> None:
+    """The cross-key rules of prune beyond the schema (which checks each key's choices and ranges)."""
     structure, method = config["structure"], config["method"]
     if config["true_sequential"] and (structure or method == "magnitude"):
         raise LlmctlError(
             f"--true-sequential applies to --method wanda or sparsegpt, not to {structure or method} pruning",
             hint="drop --true-sequential (magnitude and structured pruning score every layer from one pass)",
         )
-    if structure:
-        if structure not in ("heads", "channels"):
-            raise LlmctlError(f"--structure {structure!r} is not known", hint="use heads or channels")
-        if config["ratio"] is None:
-            raise LlmctlError("--structure needs --ratio", hint="e.g. --ratio 0.25")
-        if not 0 < config["ratio"] < 1:
-            raise LlmctlError(f"--ratio must be in (0, 1), got {config['ratio']}")
-        return
-    if method not in METHODS:
-        raise LlmctlError(f"unknown --method {method!r}", hint=f"use one of {', '.join(METHODS)}")
-    if config["pattern"]:
-        parse_pattern(config["pattern"])
-        return
-    s = config["sparsity"]
-    if s is None:
+    if structure and config["ratio"] is None:
+        raise LlmctlError("--structure needs --ratio", hint="e.g. --ratio 0.25")
+    if not structure and not config["pattern"] and config["sparsity"] is None:
         raise LlmctlError(
             "give --sparsity (unstructured), --pattern N:M or --structure heads|channels", hint="e.g. --sparsity 0.5"
         )
-    if not 0 < s < 1:
-        raise LlmctlError(f"--sparsity must be in (0, 1), got {s}", hint="e.g. --sparsity 0.5 for 50% zeros")
+
+
+def estimate(model: str, config: dict) -> dict:
+    """What `--dry-run` shows: the estimated peak memory of pruning `model` (weights, calibration, Hessians).
+
+    Examples:
+        estimate("smollm2-135m-instruct", resolve_config("prune"))["peak_bytes"]
+    """
+    from llmctl.training.estimate import compress_check, unavailable
+
+    try:
+        return compress_check(model, config, "prune", check=False)
+    except LlmctlError as exc:
+        return unavailable(exc)
 
 
 def prune(
@@ -328,7 +317,7 @@ def prune(
     config: dict,
     command: str = "",
     force: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
     known_ppl_before: float | None = None,
 ) -> dict:
     """Prune a registry model, save it as an HF model, register it with lineage, sparsity and perplexity.
@@ -336,93 +325,77 @@ def prune(
     Examples:
         prune("tiny", "tiny-w50", resolve_config("prune", None, ["method=wanda", "sparsity=0.5"], {}))
     """
-    import torch
+    from llmctl.compress.calibration import held_out_perplexity
+    from llmctl.compress.recipe import load_source
+    from llmctl.models.registry import Registry
 
-    from llmctl.compress.calibration import held_out_perplexity, parent_perplexity, prepare_data
-    from llmctl.config.profiles import save_config
-    from llmctl.models.loading import check_full_precision, load_model
-    from llmctl.models.registry import ModelEntry, Registry
-    from llmctl.models.resolve import resolve_model
-    from llmctl.paths import dir_size_mb
-
-    say = progress or (lambda _m: None)
+    say = progress or quiet
     check_config(config)
     reservation = Registry().reserve(name, force)
-    resolved = resolve_model(model)
-    check_full_precision(resolved, "prune")
-    say(f"loading {model}")
-    loaded = load_model(resolved, dtype="float32", device="cpu")
-    if config["structure"]:
-        _llama_parts(loaded.model)
-        if config["structure"] == "heads":
-            plan_heads(loaded.model.config, config["ratio"], config["head_mode"])
-    torch.manual_seed(config["calib"]["seed"])
-    need_calib = bool(config["structure"]) or config["method"] != "magnitude"
-    c, ev = config["calib"], config["eval"]
-    data = prepare_data(
-        loaded.tokenizer,
-        c["data"],
-        c["samples"],
-        c["seqlen"],
-        c["seed"],
-        ev["data"],
-        ev["tokens"],
-        need_calib=need_calib,
+    src = load_source(
+        model,
+        config,
+        "prune",
+        need_calib=bool(config["structure"]) or config["method"] != "magnitude",
+        say=say,
+        check=lambda loaded: _check_structure(loaded.model, config),
+        known_ppl_before=known_ppl_before,
     )
+    loaded, ev = src.loaded, config["eval"]
     params_before = count_params(loaded.model)
-    ppl_before = known_ppl_before  # a caller that scored the same parent on the same text
-    if ppl_before is None:
-        ppl_before = parent_perplexity(loaded, data.eval_text, ev["seqlen"], say)
     started = time.perf_counter()
     say("pruning")
-    facts = prune_in_memory(loaded, config, data.windows, progress=say)
+    facts = prune_in_memory(loaded, config, src.data.windows, progress=say)
     seconds = round(time.perf_counter() - started, 1)
     ppl_after = None
-    if data.eval_text:
+    if src.data.eval_text:
         say("perplexity after")
-        ppl_after = held_out_perplexity(loaded.model, loaded.tokenizer, data.eval_text, ev["seqlen"])
-    parent = resolved.name
+        ppl_after = held_out_perplexity(loaded.model, loaded.tokenizer, src.data.eval_text, ev["seqlen"])
+    run = {"prune_seconds": seconds, "parameters_before": params_before, "perplexity_after": ppl_after}
+    meta = _save(reservation, src, config, facts, run, command)
+    return {"name": name, "parent": src.parent, "path": str(reservation.path), **meta}
+
+
+def _check_structure(model, config: dict) -> None:
+    """Structured pruning: refuse a model without LLaMA's parts, or a ratio that removes every head."""
+    if config["structure"]:
+        _llama_parts(model)
+        if config["structure"] == "heads":
+            plan_heads(model.config, config["ratio"], config["head_mode"])
+
+
+def _save(reservation, src, config: dict, facts: dict, run: dict, command: str) -> dict:
+    """Save the pruned model as HF safetensors, measure it on disk, publish it; returns the entry's meta."""
+    from llmctl.paths import dir_size_mb
+
+    loaded, structure = src.loaded, config["structure"]
     with reservation.staging() as tmp:
         loaded.model.save_pretrained(tmp, safe_serialization=True)
         loaded.tokenizer.save_pretrained(tmp)
         measured = measure_sparsity(tmp)
-        if config["structure"]:
+        if structure:
             from transformers import AutoModelForCausalLM
 
             reloaded = AutoModelForCausalLM.from_pretrained(tmp)  # the config must describe the new shapes
             measured["parameters_reloaded"] = count_params(reloaded)
             del reloaded
         meta = {
-            "method": None if config["structure"] else config["method"],
-            "sparsity_target": None if config["structure"] or config["pattern"] else config["sparsity"],
+            "method": None if structure else config["method"],
+            "sparsity_target": None if structure or config["pattern"] else config["sparsity"],
             "pattern": config["pattern"],
-            "structure": config["structure"],
+            "structure": structure,
             "ratio": config["ratio"],
-            **data.describe(),
-            "prune_seconds": seconds,
-            "parameters_before": params_before,
+            **src.data.describe(),
+            "prune_seconds": run["prune_seconds"],
+            "parameters_before": run["parameters_before"],
             "parameters_after": count_params(loaded.model),
             "size_mb": dir_size_mb(tmp),
-            "perplexity_before": ppl_before,
-            "perplexity_after": ppl_after,
+            "perplexity_before": src.ppl_before,
+            "perplexity_after": run["perplexity_after"],
             **measured,
             **{k: v for k, v in facts.items() if k != "per_layer"},
         }
         if facts.get("per_layer"):
             (tmp / "pruned-heads.json").write_text(json.dumps(facts["per_layer"]))
-        save_config(config, tmp / "llmctl-config.yaml", command)
-        metrics = {"heldout.perplexity": ppl_after} if ppl_after is not None else {}
-        reservation.publish(
-            ModelEntry(
-                name=name,
-                format="hf",
-                path="",
-                parents=[parent] if parent else [],
-                command=command,
-                profile=config,
-                metrics=metrics,
-                meta=meta,
-            ),
-            tmp,
-        )
-    return {"name": name, "parent": parent, "path": str(reservation.path), **meta}
+        src.publish(reservation, tmp, "hf", config, command, run["perplexity_after"], meta)
+    return meta

@@ -14,15 +14,13 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 from llmctl.errors import LlmctlError
+from llmctl.runtime.progress import Progress
 
 
-def quantize_with_cores(
-    model, algo: str, config: dict, windows: list, progress: Callable[[str], None] | None = None
-) -> dict:
+def quantize_with_cores(model, algo: str, config: dict, windows: list, progress: Progress | None = None) -> dict:
     """Quantize every decoder-block linear of `model` in place; full module name → QuantizedWeight."""
     from llmctl.compress.awq import awq_model
     from llmctl.compress.gptq import quantize_model

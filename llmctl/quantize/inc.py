@@ -9,11 +9,11 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 from llmctl.errors import LlmctlError
 from llmctl.quantize.inc_patches import awq_fixes, gptq_block_inputs_fix, gptq_rtn_grid
+from llmctl.runtime.progress import Progress
 from llmctl.runtime.quiet import stdout_to_stderr
 
 
@@ -36,9 +36,11 @@ def calibration_forwards(windows, kv_cache: bool = False):
 
 def llama_absorb_map(model) -> dict[str, list[str]]:
     """Norm → Linear layers it feeds, for LLaMA-style blocks (TEQ folds its scales into these norms)."""
+    from llmctl.models.formats.hf import decoder_layers
+
     absorb = {}
-    layers = getattr(getattr(model, "model", None), "layers", None)
-    if layers is None:
+    layers = decoder_layers(model, required=False)
+    if not layers:
         raise LlmctlError(
             f"TEQ here supports LLaMA-style models (got {model.config.model_type})",
             hint="use --algo rtn, gptq or awq for this architecture",
@@ -82,7 +84,7 @@ def awq_absorb_dict(model) -> dict:
     return pairs
 
 
-def teq_train_fn(windows, steps: int, lr: float, progress: Callable[[str], None] | None = None):
+def teq_train_fn(windows, steps: int, lr: float, progress: Progress | None = None):
     """TEQ's training of the channel scales: Adam on the LM loss over the calibration windows, `steps` steps.
 
     INC's TEQ trains the whole model at once (not block by block), so its progress counts steps, ~10 lines in all.
@@ -171,7 +173,7 @@ def inc_config(algo: str, cfg: dict, model=None):
     raise LlmctlError(f"unknown INC weight-only algorithm {algo!r}")
 
 
-def inc_weight_only(model, algo: str, cfg: dict, windows: list, progress: Callable[[str], None] | None = None):
+def inc_weight_only(model, algo: str, cfg: dict, windows: list, progress: Progress | None = None):
     """Quantize model in place with INC's prepare/convert; returns the quantized model."""
     import torch
     from neural_compressor.torch.quantization import convert, prepare

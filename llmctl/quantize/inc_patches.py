@@ -13,7 +13,8 @@ Examples:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+
+from llmctl.runtime.progress import Progress
 
 
 @contextlib.contextmanager
@@ -147,7 +148,7 @@ def awq_clip_maxima(weight, gram, quantize, group_size: int):
 
 
 @contextlib.contextmanager
-def awq_fixes(progress: Callable[[str], None] | None = None):
+def awq_fixes(progress: Progress | None = None):
     """Patch INC's AWQ to match the paper and AutoAWQ where INC 3.10 differs (measured in quantize_quality).
 
     - Clip search per output row and group, down to 0.5 of |w|max, on the inputs the scaled layers really see.
@@ -161,8 +162,6 @@ def awq_fixes(progress: Callable[[str], None] | None = None):
     """
     import neural_compressor.torch.algorithms.weight_only.awq as inc_awq
     import torch
-    from neural_compressor.torch.algorithms.weight_only.modules import MulLinear
-    from neural_compressor.torch.algorithms.weight_only.utility import fetch_module, quant_tensor
 
     cls = inc_awq.ActAwareWeightQuant
     originals = (cls.search_scale, cls.apply_scale, cls.search_clip)
@@ -170,78 +169,22 @@ def awq_fixes(progress: Callable[[str], None] | None = None):
     def search_scale(self, block, block_name, module_list, input_values):
         if progress:
             progress(f"AWQ block {int(block_name.rsplit('.', 1)[-1]) + 1}/{self.block_num}")
-        # the block still sees its own inputs here: record what the linears outside every tuple get
-        tupled = {n for t in module_list for n in t}
-        self._llmctl_loose = {
-            f"{block_name}.{rel}": []
-            for rel, m in block.named_modules()
-            if isinstance(m, torch.nn.Linear) and f"{block_name}.{rel}" not in tupled
-        }
-        hooks = [
-            fetch_module(self.model, name).register_forward_pre_hook(
-                lambda _m, args, name=name: self._llmctl_loose[name].append(args[0].detach())
-            )
-            for name in self._llmctl_loose
-        ]
-        try:
-            if hooks:
-                self.block_inference(block)
-        finally:
-            for h in hooks:
-                h.remove()
+        _record_loose_inputs(self, block, block_name, module_list)
         return originals[0](self, block, block_name, module_list, input_values)
 
     def apply_scale(self, scale_info):
         originals[1](self, scale_info)
         self._llmctl_scales = scale_info  # this block's scales; its search_clip comes next
 
-    def clip(self, name, gram):
-        c = self.weight_config.get(name, {})
-        bits, group, scheme = (
-            c.get("bits", self.bits),
-            c.get("group_size", self.group_size),
-            c.get("scheme", self.scheme),
-        )
-        if bits < 0:
-            return
-        module = fetch_module(self.model, name)
-        linear = module.linear if isinstance(module, MulLinear) else module
-        w = linear.weight.data
-        maxima = awq_clip_maxima(
-            w,
-            gram,
-            lambda t: quant_tensor(
-                t,
-                bits=bits,
-                group_size=group,
-                scheme=scheme,
-                dtype=c.get("dtype", self.data_type),
-                full_range=self.use_full_range,
-            ),
-            group,
-        )
-        w.copy_(clamp_groups(w, maxima, quant_groups(w.shape[1], group)))
-        key = name + ".linear" if isinstance(module, MulLinear) else name
-        self.weight_config[key] = {
-            **self.weight_config.pop(name, {"bits": bits, "group_size": group, "scheme": scheme}),
-            "quantile": 1.0,
-        }
-
-    def gram_of(inputs, scale=None):
-        x = torch.cat([t.reshape(-1, t.shape[-1]).float() for t in inputs])
-        if scale is not None:  # the scaled layers' inputs are x / s (norm or MulLinear absorbs 1/s)
-            x = x / scale.float().view(1, -1)
-        return x.T @ x
-
     @torch.no_grad()
     def search_clip(self, block_name, module_list, input_values):
         scales = getattr(self, "_llmctl_scales", {})
         for module_tuple in module_list:
-            gram = gram_of(input_values[module_tuple[0].split(block_name + ".")[1]]["input"], scales.get(module_tuple))
+            gram = _gram_of(input_values[module_tuple[0].split(block_name + ".")[1]]["input"], scales.get(module_tuple))
             for name in module_tuple:
-                clip(self, name, gram)
+                _awq_clip(self, name, gram)
         for name, inputs in getattr(self, "_llmctl_loose", {}).items():
-            clip(self, name, gram_of(inputs))
+            _awq_clip(self, name, _gram_of(inputs))
         self._llmctl_loose = {}
 
     cls.search_scale, cls.apply_scale, cls.search_clip = search_scale, apply_scale, search_clip
@@ -249,3 +192,65 @@ def awq_fixes(progress: Callable[[str], None] | None = None):
         yield
     finally:
         cls.search_scale, cls.apply_scale, cls.search_clip = originals
+
+
+def _record_loose_inputs(awq, block, block_name: str, module_list) -> None:
+    """Run the block once, keeping the inputs of its linears outside every scale tuple (in awq._llmctl_loose);
+    the block still sees its own inputs here, before any scale is applied."""
+    import torch
+    from neural_compressor.torch.algorithms.weight_only.utility import fetch_module
+
+    tupled = {n for t in module_list for n in t}
+    awq._llmctl_loose = {
+        f"{block_name}.{rel}": []
+        for rel, m in block.named_modules()
+        if isinstance(m, torch.nn.Linear) and f"{block_name}.{rel}" not in tupled
+    }
+    hooks = [
+        fetch_module(awq.model, name).register_forward_pre_hook(
+            lambda _m, args, name=name: awq._llmctl_loose[name].append(args[0].detach())
+        )
+        for name in awq._llmctl_loose
+    ]
+    try:
+        if hooks:
+            awq.block_inference(block)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _gram_of(inputs, scale=None):
+    """XᵀX of a linear's captured inputs; with `scale`, of x / s (norm or MulLinear absorbs 1/s)."""
+    import torch
+
+    x = torch.cat([t.reshape(-1, t.shape[-1]).float() for t in inputs])
+    if scale is not None:
+        x = x / scale.float().view(1, -1)
+    return x.T @ x
+
+
+def _awq_clip(awq, name: str, gram) -> None:
+    """Clip one linear's weight per row and group (awq_clip_maxima) and mark it as clipped in INC's config."""
+    from neural_compressor.torch.algorithms.weight_only.modules import MulLinear
+    from neural_compressor.torch.algorithms.weight_only.utility import fetch_module, quant_tensor
+
+    c = awq.weight_config.get(name, {})
+    bits, group, scheme = c.get("bits", awq.bits), c.get("group_size", awq.group_size), c.get("scheme", awq.scheme)
+    if bits < 0:
+        return
+    module = fetch_module(awq.model, name)
+    linear = module.linear if isinstance(module, MulLinear) else module
+    w = linear.weight.data
+
+    def fake_quant(t):
+        dtype = c.get("dtype", awq.data_type)
+        return quant_tensor(t, bits=bits, group_size=group, scheme=scheme, dtype=dtype, full_range=awq.use_full_range)
+
+    maxima = awq_clip_maxima(w, gram, fake_quant, group)
+    w.copy_(clamp_groups(w, maxima, quant_groups(w.shape[1], group)))
+    key = name + ".linear" if isinstance(module, MulLinear) else name
+    awq.weight_config[key] = {
+        **awq.weight_config.pop(name, {"bits": bits, "group_size": group, "scheme": scheme}),
+        "quantile": 1.0,
+    }

@@ -53,3 +53,23 @@ def openvino_compress(src_dir: str, dest: Path, cfg: dict, calib_texts: list[str
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         model = OVModelForCausalLM.from_pretrained(src_dir, export=True, quantization_config=qc, compile=False)
         model.save_pretrained(dest)
+
+
+def openvino_export_fp32(src_dir: str, dest: Path) -> None:
+    """Export an HF folder to OpenVINO IR with its weights unchanged (fp32 constants, no NNCF compression).
+
+    Examples:
+        openvino_export_fp32("/models/smol", Path("/tmp/smol-ov"))
+    """
+    require_openvino()
+    import warnings
+
+    import torch
+    from optimum.exporters.openvino import main_export
+    from optimum.intel import OVConfig
+
+    with stdout_to_stderr(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shapes the IR keeps dynamic anyway
+        # ov_config dtype fp32: no fp16 constants and no automatic int8 (optimum compresses models > 1B
+        # parameters by default when ov_config is None)
+        main_export(src_dir, output=dest, task="text-generation-with-past", ov_config=OVConfig(dtype="fp32"))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,15 +28,16 @@ from llmctl.quantize.support import (
     CALIB_ALGOS,
     SUPPORTED,
     WEIGHT_ONLY,
+    algo_for,
     backend_for,
-    check_combination,
     check_linear_layers,
     hf_dir_of,
 )
+from llmctl.runtime.progress import Progress, quiet
 from llmctl.runtime.quiet import stdout_to_stderr
 
 
-def quantize_in_memory(loaded, algo: str, cfg: dict, windows: list, progress: Callable[[str], None] | None = None):
+def quantize_in_memory(loaded, algo: str, cfg: dict, windows: list, progress: Progress | None = None):
     """Quantize a loaded fp32 model (inc and int8 backends); returns (model, facts)."""
     from llmctl.models.formats.int8 import dynamic_int8
     from llmctl.quantize.inc import inc_weight_only
@@ -61,7 +61,8 @@ class _Job:
     config: dict
     data: object
     tmp: Path
-    say: Callable[[str], None]
+    say: Progress
+    name: str = ""  # the entry's name (OpenVINO stages its HF source beside it)
 
     def perplexity(self, model) -> float | None:
         from llmctl.compress.calibration import held_out_perplexity
@@ -108,7 +109,7 @@ def _run_llmctl(job: _Job) -> tuple[str, float | None, dict]:
     return "compressed-tensors", job.perplexity(job.loaded.model), facts
 
 
-def _run_openvino(job: _Job, name: str) -> tuple[str, float | None, dict]:
+def _run_openvino(job: _Job) -> tuple[str, float | None, dict]:
     from llmctl.models.formats import openvino
     from llmctl.quantize.openvino import openvino_compress
 
@@ -116,7 +117,7 @@ def _run_openvino(job: _Job, name: str) -> tuple[str, float | None, dict]:
     tokenizer = job.loaded.tokenizer
     texts = [tokenizer.decode(w[0]) for w in job.data.windows] if job.data.windows else None
     job.say(f"exporting to OpenVINO with {job.config['bits']}-bit weight compression")
-    src_root = job.tmp.parent / f"{temp_prefix(job.tmp.parent / name)}src"
+    src_root = job.tmp.parent / f"{temp_prefix(job.tmp.parent / job.name)}src"
     try:
         openvino_compress(hf_dir_of(job.loaded, src_root), job.tmp, job.config, texts)
     finally:
@@ -138,13 +139,32 @@ def _run_bnb(job: _Job) -> tuple[str, float | None, dict]:
     return "bnb", job.perplexity(bnb.load(str(job.tmp), None, "cpu")[0]), facts
 
 
+# backend → how it runs and saves: (format, perplexity after, facts with "_seconds" when the work ended)
+_RUNS = {"inc": _run_inc, "llmctl": _run_llmctl, "openvino": _run_openvino, "bnb": _run_bnb}
+
+
+def estimate(model: str, config: dict) -> dict:
+    """What `--dry-run` shows: the estimated peak memory of quantizing `model` (weights, calibration, Hessians).
+
+    Examples:
+        estimate("smollm2-135m-instruct", resolve_config("quantize"))["peak_bytes"]
+    """
+    from llmctl.errors import LlmctlError
+    from llmctl.training.estimate import compress_check, unavailable
+
+    try:
+        return compress_check(model, config, "quantize", check=False)
+    except LlmctlError as exc:
+        return unavailable(exc)
+
+
 def quantize(
     model: str,
     name: str,
     config: dict,
     command: str = "",
     force: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
     known_ppl_before: float | None = None,
 ) -> dict:
     """Quantize a registry model, save it in its library's format, register it with lineage and metrics.
@@ -152,94 +172,73 @@ def quantize(
     Examples:
         quantize("smollm2-135m-instruct", "smol-rtn4", resolve_config("quantize", sets=["algo=rtn"]))
     """
-    import torch
+    from llmctl.compress.recipe import load_source
+    from llmctl.models.registry import Registry
 
-    from llmctl.compress.calibration import parent_perplexity, prepare_data
-    from llmctl.config.profiles import save_config
-    from llmctl.models.loading import load_full_precision
-    from llmctl.models.registry import ModelEntry, Registry
-
-    say = progress or (lambda _msg: None)
+    say = progress or quiet
     reservation = Registry().reserve(name, force)
-    backend, bits = backend_for(config), config["bits"]
-    algo = check_combination(backend, config["algo"], bits)
+    backend, algo = backend_for(config), algo_for(config)
     if config["max_loss"] is not None:
         from llmctl.quantize.tune import tune
 
         return tune(model, reservation, config, command=command, progress=progress)
-    torch.manual_seed(config["calib"]["seed"])
-    say(f"loading {model}")
-    loaded = load_full_precision(model, "quantize")
-    needs_calib = algo in CALIB_ALGOS or (
-        backend == "openvino" and (config["openvino"]["awq"] or config["openvino"]["scale_estimation"])
+    src = load_source(
+        model,
+        config,
+        "quantize",
+        need_calib=_needs_calib(config, backend, algo),
+        say=say,
+        check=lambda loaded: _check_layout(loaded, config, backend, algo),
+        known_ppl_before=known_ppl_before,
     )
-    c, ev = config["calib"], config["eval"]
-    data = prepare_data(
-        loaded.tokenizer,
-        c["data"],
-        c["samples"],
-        c["seqlen"],
-        c["seed"],
-        ev["data"],
-        ev["tokens"],
-        need_calib=needs_calib,
-    )
-    ppl_before = known_ppl_before  # a caller that scored the same parent on the same text
-    if ppl_before is None:
-        ppl_before = parent_perplexity(loaded, data.eval_text, ev["seqlen"], say)
-    if backend in ("inc", "llmctl") and algo in WEIGHT_ONLY and config["save_format"] == "compressed-tensors":
-        check_linear_layers(loaded.model)
-    parent = loaded.resolved.name
     started = time.perf_counter()
     with reservation.staging() as tmp:
-        job = _Job(loaded, algo, config, data, tmp, say)
-        fmt, ppl_after, facts = (
-            _run_inc(job)
-            if backend == "inc"
-            else _run_llmctl(job)
-            if backend == "llmctl"
-            else _run_openvino(job, name)
-            if backend == "openvino"
-            else _run_bnb(job)
-        )
-        seconds = facts.pop("_seconds") - started
-        meta = {
-            "algo": algo,
-            "backend": backend,
-            "bits": bits,
-            "group_size": config["group_size"],
-            "sym": config["sym"],
-            **data.describe(),
-            "quantize_seconds": round(seconds, 1),
-            "size_mb": dir_size_mb(tmp),
-            "weights_mb": weights_size_mb(tmp),
-            "perplexity_before": ppl_before,
-            "perplexity_after": ppl_after,
-            **facts,
-        }
-        if algo == "gptq":
-            meta["gptq"] = config["gptq"]
-        if backend == "openvino":
-            meta["openvino"] = config["openvino"]
-        save_config(config, tmp / "llmctl-config.yaml", command)
-        metrics = {"heldout.perplexity": ppl_after} if ppl_after is not None else {}
-        entry = ModelEntry(
-            name=name,
-            format=fmt,
-            path="",
-            parents=[parent] if parent else [],
-            command=command,
-            profile=config,
-            metrics=metrics,
-            meta=meta,
-        )
-        reservation.publish(entry, tmp, **({"bnb_config": facts["bnb_config"]} if fmt == "bnb" else {}))
+        fmt, ppl_after, facts = _RUNS[backend](_Job(src.loaded, algo, config, src.data, tmp, say, name))
+        meta = _meta(config, backend, algo, src, tmp, facts.pop("_seconds") - started, ppl_after, facts)
+        marker = {"bnb_config": facts["bnb_config"]} if fmt == "bnb" else {}
+        src.publish(reservation, tmp, fmt, config, command, ppl_after, meta, **marker)
+    ppl_before = src.ppl_before
     rel = round(ppl_after / ppl_before - 1, 4) if ppl_before and ppl_after else None
     return {
         "name": name,
         "format": fmt,
-        "parent": parent,
+        "parent": src.parent,
         "path": str(reservation.path),
         "relative_ppl_increase": rel,
         **meta,
     }
+
+
+def _needs_calib(config: dict, backend: str, algo: str) -> bool:
+    """Calibrated algorithms, and OpenVINO's data-aware options, read calibration windows."""
+    ov = config["openvino"]
+    return algo in CALIB_ALGOS or (backend == "openvino" and (ov["awq"] or ov["scale_estimation"]))
+
+
+def _check_layout(loaded, config: dict, backend: str, algo: str) -> None:
+    """Refuse a model the asked save layout cannot hold before any data is read."""
+    if backend in ("inc", "llmctl") and algo in WEIGHT_ONLY and config["save_format"] == "compressed-tensors":
+        check_linear_layers(loaded.model)
+
+
+def _meta(config: dict, backend: str, algo: str, src, tmp: Path, seconds: float, ppl_after, facts: dict) -> dict:
+    """The registry entry's facts: settings, data, time (s), sizes (MB) and perplexity before/after."""
+    meta = {
+        "algo": algo,
+        "backend": backend,
+        "bits": config["bits"],
+        "group_size": config["group_size"],
+        "sym": config["sym"],
+        **src.data.describe(),
+        "quantize_seconds": round(seconds, 1),
+        "size_mb": dir_size_mb(tmp),
+        "weights_mb": weights_size_mb(tmp),
+        "perplexity_before": src.ppl_before,
+        "perplexity_after": ppl_after,
+        **facts,
+    }
+    if algo == "gptq":
+        meta["gptq"] = config["gptq"]
+    if backend == "openvino":
+        meta["openvino"] = config["openvino"]
+    return meta

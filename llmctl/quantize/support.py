@@ -1,7 +1,7 @@
 """What `llmctl quantize` can do: the backend/algorithm/bits table.
 
 Examples:
-    check_combination("inc", "gptq", 4)          # "gptq"
+    backend_for(resolve_config("quantize", sets=["algo=teq"]))   # "inc"
 """
 
 from __future__ import annotations
@@ -41,23 +41,15 @@ def backend_for(config: dict) -> str:
     return pick_backend(None, algo, config["bits"])
 
 
-def check_combination(backend: str, algo: str | None, bits: int) -> str:
-    """The algo to use for backend/bits, or a clear error naming the supported combinations."""
-    if backend not in SUPPORTED:
-        raise LlmctlError(f"unknown backend {backend!r}", hint="use " + ", ".join(SUPPORTED))
-    algos = SUPPORTED[backend]
-    if algo is None:
-        algo = default_algo(backend, bits)
-    if algo not in algos:
-        raise LlmctlError(
-            f"backend {backend} has no algorithm {algo!r}",
-            hint=f"supported: {', '.join(f'{a} (bits {sorted(b)})' for a, b in algos.items())}",
-        )
-    if bits not in algos[algo]:
-        raise LlmctlError(
-            f"{backend}/{algo} does not support {bits}-bit", hint=f"supported combinations: {supported_table()}"
-        )
-    return algo
+def algo_for(config: dict) -> str:
+    """The algorithm a resolved quantize config runs: `algo`, or (null) its backend's default at `bits`.
+
+    The combination itself is the schema's rule (llmctl.schemas.quantize), checked before this runs.
+
+    Examples:
+        algo_for(resolve_config("quantize", sets=["backend=openvino"]))   # "weight-compression"
+    """
+    return config["algo"] or default_algo(backend_for(config), config["bits"])
 
 
 def hf_dir_of(loaded, tmp_root: Path) -> str:

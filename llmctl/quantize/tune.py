@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
 
 from llmctl.errors import GateFailed, LlmctlError
+from llmctl.runtime.progress import Progress, quiet
 
 TUNABLE = ("rtn", "gptq", "awq")
 
@@ -52,24 +52,40 @@ def candidates(config: dict) -> list[dict]:
     return out
 
 
-def tune(
-    model: str, reservation, config: dict, command: str = "", progress: Callable[[str], None] | None = None
-) -> dict:
+def tune(model: str, reservation, config: dict, command: str = "", progress: Progress | None = None) -> dict:
     """Run the accuracy-aware search, register the first configuration within max_loss, report every trial."""
-    import torch
-
-    from llmctl.compress.calibration import held_out_perplexity, prepare_data
-    from llmctl.config.profiles import save_config
-    from llmctl.models.formats.woq import exact_weights
-    from llmctl.models.loading import load_full_precision
-    from llmctl.models.registry import ModelEntry
-    from llmctl.paths import dir_size_mb, weights_size_mb
-    from llmctl.quantize.inc import calibration_forwards, inc_config, save_weight_only
-    from llmctl.quantize.inc_patches import awq_fixes, gptq_block_inputs_fix, gptq_rtn_grid
+    from llmctl.compress.recipe import load_source
     from llmctl.quantize.support import check_linear_layers
-    from llmctl.runtime.quiet import stdout_to_stderr
 
-    say = progress or (lambda _m: None)
+    say = progress or quiet
+    check_tunable(config)
+
+    def check(loaded) -> None:
+        if config["save_format"] == "compressed-tensors":
+            check_linear_layers(loaded.model)
+
+    # no baseline pass here: autotune scores the unquantized model first (Trials.baseline)
+    src = load_source(model, config, "quantize", need_calib=True, say=say, check=check, baseline=False)
+    trials = Trials(candidates(config)[: config["max_trials"]], config["max_loss"], src, config["eval"]["seqlen"], say)
+    started = time.perf_counter()
+    best = _search(src, trials, config)
+    seconds = round(time.perf_counter() - started, 1)
+    chosen = trials.chosen()
+    final_cfg = trials.configs[chosen["trial"] - 1]
+    resolved_cfg = {**final_cfg, "max_loss": config["max_loss"], "max_trials": config["max_trials"]}
+    meta = _save(reservation, best, src, trials, final_cfg, resolved_cfg, command, seconds)
+    return {
+        "name": reservation.name,
+        "format": meta.pop("_format"),
+        "parent": src.parent,
+        "path": str(reservation.path),
+        "relative_ppl_increase": chosen["relative_increase"],
+        **meta,
+    }
+
+
+def check_tunable(config: dict) -> None:
+    """What accuracy-aware mode needs beyond the schema: INC's algorithms, calibration and held-out text."""
     if config["backend"] not in (None, "inc"):  # the trials run neural-compressor's algorithms
         raise LlmctlError(
             "accuracy-aware mode (--max-loss) works with the inc backend",
@@ -81,114 +97,114 @@ def tune(
             f"accuracy-aware mode tunes {', '.join(TUNABLE)}, not {algo}",
             hint="pick --algo rtn, gptq or awq with --max-loss",
         )
-    max_loss, max_trials = config["max_loss"], config["max_trials"]
-    loaded = load_full_precision(model, "quantize")
-    if config["save_format"] == "compressed-tensors":
-        check_linear_layers(loaded.model)
-    tok = loaded.tokenizer
-    c, ev = config["calib"], config["eval"]
-    if not c["data"]:
+    if not config["calib"]["data"]:
         raise LlmctlError(
             "accuracy-aware mode needs calibration data (its tail is the held-out text)",
             hint="pass --calib-data FILE (and optionally --eval-data FILE)",
         )
-    if not ev["tokens"]:
+    if not config["eval"]["tokens"]:
         raise LlmctlError("accuracy-aware mode needs held-out perplexity", hint="use --eval-tokens > 0")
-    data = prepare_data(tok, c["data"], c["samples"], c["seqlen"], c["seed"], ev["data"], ev["tokens"], need_calib=True)
-    trials_cfg = candidates(config)[:max_trials]
-    records: list[dict] = []
-    state = {"baseline": None}
 
-    def eval_fn(qmodel) -> float:
-        if state["baseline"] is not None:
+
+class Trials:
+    """autotune's eval_fn: the first call scores the full-precision model (the baseline), each later one a trial."""
+
+    def __init__(self, configs: list[dict], max_loss: float, src, seqlen: int, say: Progress):
+        self.configs, self.max_loss, self.src, self.seqlen, self.say = configs, max_loss, src, seqlen, say
+        self.baseline: float | None = None
+        self.records: list[dict] = []
+
+    def __call__(self, qmodel) -> float:
+        from llmctl.compress.calibration import held_out_perplexity
+        from llmctl.models.formats.woq import exact_weights
+
+        if self.baseline is not None:
             exact_weights(qmodel)  # each trial scored on the float32 weights its saved layout loads with
-        ppl = held_out_perplexity(qmodel, tok, data.eval_text, ev["seqlen"])
-        if state["baseline"] is None:
-            state["baseline"] = ppl
-            say(f"full-precision perplexity {ppl:.3f}")
+        ppl = held_out_perplexity(qmodel, self.src.loaded.tokenizer, self.src.data.eval_text, self.seqlen)
+        if self.baseline is None:
+            self.baseline = ppl
+            self.say(f"full-precision perplexity {ppl:.3f}")
         else:
-            k = len(records)
-            cfg = trials_cfg[k]
-            rel = ppl / state["baseline"] - 1
-            records.append(
-                {
-                    "trial": k + 1,
-                    "label": label(cfg),
-                    "algo": cfg["algo"],
-                    "bits": cfg["bits"],
-                    "group_size": cfg["group_size"],
-                    "sym": cfg["sym"],
-                    "perplexity": ppl,
-                    "relative_increase": round(rel, 4),
-                    "ok": rel <= max_loss,
-                }
-            )
-            say(f"trial {k + 1}: {label(cfg)} → ppl {ppl:.3f} ({rel:+.2%})")
+            self._record(ppl)
         return 1.0 / ppl
 
+    def _record(self, ppl: float) -> None:
+        k = len(self.records)
+        cfg = self.configs[k]
+        rel = ppl / self.baseline - 1
+        self.records.append(
+            {
+                "trial": k + 1,
+                "label": label(cfg),
+                "algo": cfg["algo"],
+                "bits": cfg["bits"],
+                "group_size": cfg["group_size"],
+                "sym": cfg["sym"],
+                "perplexity": ppl,
+                "relative_increase": round(rel, 4),
+                "ok": rel <= self.max_loss,
+            }
+        )
+        self.say(f"trial {k + 1}: {label(cfg)} → ppl {ppl:.3f} ({rel:+.2%})")
+
+    def chosen(self) -> dict:
+        """The first trial within max_loss, or GateFailed listing every trial."""
+        chosen = next((r for r in self.records if r["ok"]), None)
+        if chosen is None:
+            summary = ", ".join(f"{r['label']} {r['relative_increase']:+.2%}" for r in self.records)
+            raise GateFailed(
+                f"no configuration within --max-loss {self.max_loss:.2%} after {len(self.records)} trials ({summary})",
+                hint="raise --max-loss or --max-trials, or give more calibration data",
+            )
+        return chosen
+
+
+def _search(src, trials: Trials, config: dict):
+    """neural-compressor's autotune over the trial configs, INC's algorithms patched as llmctl runs them."""
+    import torch
     from neural_compressor.torch.quantization import TuningConfig, autotune
 
-    inc_cfgs = [inc_config(t["algo"], t, loaded.model) for t in trials_cfg]
-    tol = 1 - 1 / (1 + max_loss)
-    started = time.perf_counter()
-    torch.manual_seed(c["seed"])
+    from llmctl.quantize.inc import calibration_forwards, inc_config
+    from llmctl.quantize.inc_patches import awq_fixes, gptq_block_inputs_fix, gptq_rtn_grid
+    from llmctl.runtime.quiet import stdout_to_stderr
+
+    model, windows = src.loaded.model, src.data.windows
+    inc_cfgs = [inc_config(t["algo"], t, model) for t in trials.configs]
+    tol = 1 - 1 / (1 + config["max_loss"])
+    torch.manual_seed(config["calib"]["seed"])
     with stdout_to_stderr(), gptq_rtn_grid(config["gptq"]["rtn_grid"]), gptq_block_inputs_fix(), awq_fixes():
-        best = autotune(
-            loaded.model,
-            TuningConfig(config_set=inc_cfgs, tolerable_loss=tol, max_trials=max_trials),
-            eval_fn=eval_fn,
-            run_fn=calibration_forwards(data.windows),
-            example_inputs=data.windows[0],
+        return autotune(
+            model,
+            TuningConfig(config_set=inc_cfgs, tolerable_loss=tol, max_trials=config["max_trials"]),
+            eval_fn=trials,
+            run_fn=calibration_forwards(windows),
+            example_inputs=windows[0],
         )
-    seconds = round(time.perf_counter() - started, 1)
-    chosen = next((r for r in records if r["ok"]), None)
-    if chosen is None:
-        summary = ", ".join(f"{r['label']} {r['relative_increase']:+.2%}" for r in records)
-        raise GateFailed(
-            f"no configuration within --max-loss {max_loss:.2%} after {len(records)} trials ({summary})",
-            hint="raise --max-loss or --max-trials, or give more calibration data",
-        )
-    final_cfg = trials_cfg[chosen["trial"] - 1]
-    parent = loaded.resolved.name
-    name = reservation.name
+
+
+def _save(reservation, best, src, trials: Trials, final_cfg: dict, resolved_cfg: dict, command: str, seconds):
+    """Save the chosen model in INC's weight-only layout and publish it; returns its meta (+ "_format")."""
+    from llmctl.paths import dir_size_mb, weights_size_mb
+    from llmctl.quantize.inc import save_weight_only
+
+    chosen = trials.chosen()
     with reservation.staging() as tmp:
-        fmt, layout = save_weight_only(best, tok, tmp, final_cfg["algo"], final_cfg)
-        resolved_cfg = {**final_cfg, "max_loss": max_loss, "max_trials": max_trials}
-        save_config(resolved_cfg, tmp / "llmctl-config.yaml", command)
+        fmt, layout = save_weight_only(best, src.loaded.tokenizer, tmp, final_cfg["algo"], final_cfg)
         meta = {
             "algo": final_cfg["algo"],
             "backend": "inc",
             "bits": final_cfg["bits"],
             "group_size": final_cfg["group_size"],
             "sym": final_cfg["sym"],
-            **data.describe(),
+            **src.data.describe(),
             "quantize_seconds": seconds,
             "size_mb": dir_size_mb(tmp),
             "weights_mb": weights_size_mb(tmp),
-            "perplexity_before": state["baseline"],
+            "perplexity_before": trials.baseline,
             "perplexity_after": chosen["perplexity"],
-            "max_loss": max_loss,
-            "trials": records,
+            "max_loss": trials.max_loss,
+            "trials": trials.records,
             **layout,
         }
-        reservation.publish(
-            ModelEntry(
-                name=name,
-                format=fmt,
-                path="",
-                parents=[parent] if parent else [],
-                command=command,
-                profile=resolved_cfg,
-                metrics={"heldout.perplexity": chosen["perplexity"]},
-                meta=meta,
-            ),
-            tmp,
-        )
-    return {
-        "name": name,
-        "format": fmt,
-        "parent": parent,
-        "path": str(reservation.path),
-        "relative_ppl_increase": chosen["relative_increase"],
-        **meta,
-    }
+        src.publish(reservation, tmp, fmt, resolved_cfg, command, chosen["perplexity"], meta)
+    return {**meta, "_format": fmt}

@@ -58,6 +58,15 @@ def train_section(**defaults) -> Section:
         ),
         device=device_field(d["device"]),
         compile=Field(bool, d["compile"], "torch.compile the model"),
+        gradient_checkpointing=Field(
+            bool,
+            False,
+            "recompute each block's activations in the backward pass: activation memory falls to the blocks' "
+            "inputs plus one block's, for about a third more compute per step",
+        ),
+        ignore_memory_check=Field(
+            bool, False, "start even when the estimated peak memory (see --dry-run) exceeds the free memory"
+        ),
     )
 
 
@@ -77,4 +86,25 @@ def dist_section() -> Section:
             "process group backend: auto (nccl on GPU, gloo on CPU), nccl or gloo",
             choices=["auto", "nccl", "gloo"],
         ),
+    )
+
+
+# Where a training run's metrics go: the local files (TensorBoard event files, metrics.csv) and the experiment
+# trackers (MLflow, W&B). metrics.jsonl and loss.png are always written: resume and the registry read them.
+REPORTERS = ["tensorboard", "csv", "mlflow", "wandb"]
+
+
+def tracking_section() -> Section:
+    """The `tracking:` section: `--report-to` and the experiment (MLflow experiment, W&B project) runs go to."""
+    return Section(
+        "where metrics are reported (metrics.jsonl and loss.png are always written in the run dir)",
+        report_to=Field(
+            list,
+            ["tensorboard", "csv"],
+            "where metrics go, comma-separated: tensorboard (event files), csv (metrics.csv), mlflow "
+            "(MLFLOW_TRACKING_URI, else a local store under LLMCTL_HOME), wandb (offline unless WANDB_MODE is set)",
+            item=str,
+            choices=REPORTERS,
+        ),
+        experiment=Field(str, "llmctl", "MLflow experiment / W&B project the run is logged in"),
     )

@@ -15,6 +15,11 @@ def _batch_size_ok(value: str) -> bool:
     return text == "auto" or (number.isdigit() and int(number) >= 1)
 
 
+def _named(tasks) -> set[str]:
+    """The task names of a `tasks` value (items may be comma lists, as --tasks takes them)."""
+    return {name.strip() for item in tasks or [] for name in str(item).split(",")}
+
+
 def _increasing(values: list, least: int) -> bool:
     """Non-empty, each at least `least`, strictly increasing."""
     return bool(values) and values[0] >= least and all(b > a for a, b in zip(values, values[1:]))
@@ -27,19 +32,43 @@ SCHEMA = Section(
             lambda stride, seqlen: stride <= seqlen,
             "perplexity.stride must be at most perplexity.seqlen",
         ),
+        Rule(
+            ("tasks", "reward_model"),
+            lambda tasks, reward_model: "win_rate" not in _named(tasks) or reward_model is not None,
+            "--tasks win_rate needs --reward-model RM (a model made by finetune --objective reward)",
+            nullable=True,
+        ),
+        Rule(
+            ("tasks", "reference"),
+            lambda tasks, reference: "win_rate" not in _named(tasks) or reference is not None,
+            "--tasks win_rate needs --reference MODEL (the model whose answers it is compared with)",
+            nullable=True,
+        ),
+        Rule(
+            ("reward_model", "tasks"),
+            lambda reward_model, tasks: "win_rate" in _named(tasks),
+            "--reward-model is for --tasks win_rate (reward_accuracy scores the reward model given as --model)",
+        ),
+        Rule(
+            ("reference", "tasks"),
+            lambda reference, tasks: bool(_named(tasks) & {"win_rate", "preference_accuracy"}),
+            "--reference is for --tasks win_rate or preference_accuracy",
+        ),
         *ROPE_RULES,
     ),
     tasks=Field(
         list,
         ["hellaswag"],
-        "tasks to run when --tasks is not given (lm-eval names, perplexity or reward_accuracy)",
+        "tasks to run when --tasks is not given (lm-eval names, perplexity, passkey, reward_accuracy, exact_match, "
+        "win_rate, preference_accuracy)",
         item=str,
     ),
     data=Field(
         str,
         None,
-        "the file of the one file-reading task run (perplexity: text; reward_accuracy: preference pairs); "
-        "perplexity.data / reward_accuracy.data name each when both run",
+        "the file of the one file-reading task run (perplexity: text; reward_accuracy, preference_accuracy: "
+        "preference pairs; exact_match: {prompt, answer} records; win_rate: prompts); <task>.data names each "
+        "when several run",
         nullable=True,
     ),
     data_dir=Field(str, None, "local task data (one folder per task family); null = $LLMCTL_DATA_DIR", nullable=True),
@@ -119,6 +148,53 @@ SCHEMA = Section(
     ),
     reward_accuracy=Section(
         "the `reward_accuracy` task (a reward model on preference pairs: pair accuracy, mean margin)",
+        data=Field(str, None, "preference file (any preference layout); null = the top-level data key", nullable=True),
+        batch_size=Field(int, 8, "pairs per forward pass", ge=1),
+        seq_len=Field(int, 1024, "tokens per prompt + reply at most (replies are truncated)", ge=2),
+        max_pairs=Field(int, None, "score only the first N pairs; null = all", nullable=True, ge=1),
+    ),
+    reward_model=Field(
+        str,
+        None,
+        "win_rate: the reward model scoring both models' answers (a finetune --objective reward entry)",
+        nullable=True,
+    ),
+    reference=Field(
+        str,
+        None,
+        "win_rate: the model compared with; preference_accuracy: the reference of the implicit reward "
+        "(log-ratio, as DPO/IPO/KTO use it); null there = the policy's own length-normalised margin (ORPO/SimPO)",
+        nullable=True,
+    ),
+    exact_match=Section(
+        "the `exact_match` task: greedy answers (the model's chat template) to {prompt, answer} records",
+        data=Field(str, None, "records file; null = the top-level data key", nullable=True),
+        extract=Field(
+            str,
+            "number",
+            "what is compared with the answer: number (the last number, as GRPO's math_exact reward reads it), "
+            "last_line (the last non-empty line), exact (the whole answer); stripped of surrounding spaces",
+            choices=["number", "last_line", "exact"],
+        ),
+        max_new_tokens=Field(int, 64, "tokens generated per answer at most", ge=1),
+        batch_size=Field(int, 8, "prompts per generate call", ge=1),
+        max_records=Field(int, None, "score only the first N records; null = all", nullable=True, ge=1),
+    ),
+    win_rate=Section(
+        "the `win_rate` task: greedy answers of --model and --reference to the same prompts, scored by --reward-model",
+        data=Field(
+            str,
+            None,
+            "prompts file ({prompt} records or preference pairs); null = the top-level data key",
+            nullable=True,
+        ),
+        max_new_tokens=Field(int, 64, "tokens generated per answer at most", ge=1),
+        batch_size=Field(int, 8, "prompts per generate call", ge=1),
+        seq_len=Field(int, 512, "prompt tokens at most (longer prompts are dropped and counted)", ge=2),
+        max_prompts=Field(int, None, "score only the first N prompts; null = all", nullable=True, ge=1),
+    ),
+    preference_accuracy=Section(
+        "the `preference_accuracy` task: the policy's implicit reward ranks chosen above rejected",
         data=Field(str, None, "preference file (any preference layout); null = the top-level data key", nullable=True),
         batch_size=Field(int, 8, "pairs per forward pass", ge=1),
         seq_len=Field(int, 1024, "tokens per prompt + reply at most (replies are truncated)", ge=2),

@@ -6,7 +6,7 @@ import re
 from llmctl.config.schema import Field, Rule, Section, dtype_field
 from llmctl.data import layouts
 from llmctl.schemas._rope import ROPE_RULES, rope_section
-from llmctl.schemas._train import dist_section, train_section
+from llmctl.schemas._train import dist_section, tracking_section, train_section
 
 METHODS = ["full", "lora", "qlora", "dora", "prompt-tuning", "prefix-tuning"]
 OBJECTIVES = ["sft", "dpo", "ipo", "kto", "orpo", "simpo", "reward", "ppo", "grpo"]
@@ -113,6 +113,12 @@ SCHEMA = Section(
     dpo=Section(
         "direct preference optimisation",
         beta=Field(float, 0.1, "strength of the KL anchor to the reference model", gt=0),
+        loss=Field(
+            str,
+            "sigmoid",
+            "sigmoid: −log σ(β·margin) (the paper); hinge: max(0, 1 − β·margin) (SLiC; TRL's loss_type hinge)",
+            choices=["sigmoid", "hinge"],
+        ),
     ),
     ipo=Section(
         "identity preference optimisation (Azar et al. 2023; length-averaged log-ratios, as TRL)",
@@ -127,6 +133,13 @@ SCHEMA = Section(
     orpo=Section(
         "odds-ratio preference optimisation (Hong et al. 2024)",
         beta=Field(float, 0.1, "λ: weight of the odds-ratio term added to the chosen reply's NLL (the paper's)", gt=0),
+        nll=Field(
+            str,
+            "response",
+            "response: mean NLL of the chosen reply's tokens per pair (the paper's L_SFT); sequence: prompt and reply "
+            "tokens, one mean over the micro-batch's tokens (TRL's ORPOTrainer)",
+            choices=["response", "sequence"],
+        ),
     ),
     simpo=Section(
         "simple preference optimisation (Meng et al. 2024; the SimPO repo's defaults)",
@@ -181,9 +194,26 @@ SCHEMA = Section(
         "GRPO (Shao et al. 2024)",
         num_generations=Field(int, 8, "answers sampled per prompt (a group; TRL's default)", ge=2),
         beta=Field(float, 0.04, "weight of the per-token KL to the reference (the paper's); 0 = no reference", ge=0),
-        epsilon=Field(float, 0.2, "policy ratio clip ε", gt=0),
+        epsilon=Field(float, 0.2, "policy ratio clip ε (the lower side, and the upper one unless epsilon_high)", gt=0),
+        epsilon_high=Field(
+            float, None, "upper ratio clip (DAPO's clip-higher, e.g. 0.28); null = epsilon", gt=0, nullable=True
+        ),
         epochs=Field(int, 1, "updates per batch of groups (μ); 1 = the ratio is always 1", ge=1),
         scale_rewards=Field(bool, True, "divide each group's centred rewards by its standard deviation"),
+        kl_ratio=Field(
+            bool,
+            False,
+            "weight the per-token KL by the policy ratio, whose gradient is then the reverse KL's (DeepSeek-V3.2; "
+            "TRL's use_bias_correction_kl, on by default there); false = the GRPO paper's plain KL term",
+        ),
+        loss_type=Field(
+            str,
+            "grpo",
+            "how per-token losses are averaged (TRL's names): grpo, each answer's token mean then the mean over "
+            "answers (the paper); dapo, one mean over all the step's answer tokens; dr_grpo, the sum over answer "
+            "tokens / (answers × rollout.max_new_tokens) (Dr. GRPO, with grpo.scale_rewards false)",
+            choices=["grpo", "dapo", "dr_grpo"],
+        ),
     ),
     train=train_section(
         lr=2e-4,
@@ -200,4 +230,5 @@ SCHEMA = Section(
     ),
     rope=rope_section(),
     dist=dist_section(),
+    tracking=tracking_section(),
 )

@@ -2,7 +2,7 @@
 
 from llmctl.config.schema import Field, Section
 from llmctl.schemas._rope import ROPE_RULES, rope_section
-from llmctl.schemas._train import dist_section, train_section
+from llmctl.schemas._train import dist_section, tracking_section, train_section
 
 SCHEMA = Section(
     rules=ROPE_RULES,
@@ -54,6 +54,7 @@ SCHEMA = Section(
     ),
     rope=rope_section(),
     dist=dist_section(),
+    tracking=tracking_section(),
     spike=Section(
         "loss-spike guard: roll back to the last checkpoint with a lower LR when the loss jumps",
         enabled=Field(bool, False, "watch the training loss for spikes"),

@@ -56,4 +56,7 @@ SCHEMA = Section(
         blocksize=Field(int, 128, "columns per block (mask selection and lazy update)", ge=1),
         percdamp=Field(float, 0.01, "Hessian damping as a fraction of its mean diagonal", gt=0.0),
     ),
+    ignore_memory_check=Field(
+        bool, False, "start even when the estimated peak memory (see --dry-run) exceeds the free memory"
+    ),
 )

@@ -170,4 +170,7 @@ SCHEMA = Section(
         gt=0.0,
     ),
     max_trials=Field(int, 10, "accuracy-aware: configurations to try at most", ge=1),
+    ignore_memory_check=Field(
+        bool, False, "start even when the estimated peak memory (see --dry-run) exceeds the free memory"
+    ),
 )

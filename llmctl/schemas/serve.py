@@ -70,7 +70,12 @@ SCHEMA = Section(
     device=device_field(),
     dtype=dtype_field("auto", "weights dtype (hf, vllm); auto = the checkpoint's own"),
     tensor_parallel_size=Field(int, 1, "vllm: GPUs one model is split over", ge=1),
-    openvino_bits=Field(int, 8, "openvino: weight bits of the IR made once for a non-OpenVINO model", choices=[4, 8]),
+    openvino_bits=Field(
+        int,
+        8,
+        "openvino: weight bits of the IR made once for a non-OpenVINO model (32: fp32, unchanged)",
+        choices=[4, 8, 32],
+    ),
     api_key_env=Field(str, None, "environment variable holding the API key; null = no key needed", nullable=True),
     json_logs=Field(bool, False, "log one JSON object per line"),
     rope=rope_section(),

@@ -1,4 +1,5 @@
-"""The HTTP app: OpenAI's /v1/models, /v1/completions, /v1/chat/completions, plus /health and /metrics.
+"""The HTTP app: OpenAI's /v1/models, /v1/completions, /v1/chat/completions, plus /health, /metrics and the chat page
+at / with its /llmctl/v1/models/{model} (page.py).
 
 Every request passes `Guard` first (guard.py: header size, Host, Bearer API key with a constant-time compare,
 body size limit and read deadline, request metrics and one log line); bodies are parsed and validated by
@@ -14,6 +15,7 @@ Examples:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -34,6 +36,7 @@ from llmctl.serve import tools as T
 from llmctl.serve.echo import echo_prefixes
 from llmctl.serve.guard import Guard
 from llmctl.serve.metrics import Metrics
+from llmctl.serve.page import chat_page, model_info
 from llmctl.serve.protocol import ApiError, ChatRequest, CompletionRequest, error_body, lone_surrogate, parse
 
 log = logging.getLogger("llmctl.serve")
@@ -228,10 +231,16 @@ class Server:
             raise ApiError(400, f"top_k: must be at most the vocabulary size {vocab}, got {req.top_k}", param="top_k")
         bias = req.biases(vocab)
         if bias and not served.engine.backend.logit_bias:
-            raise ApiError(400, f"the {served.backend} backend does not apply logit_bias", param="logit_bias")
+            raise ApiError(
+                400,
+                f"the {served.backend} backend does not apply logit_bias; serve with --backend hf",
+                param="logit_bias",
+            )
         grammar = response_grammar(served, req.response_format)
         if logprobs is not None and not served.engine.backend.logprobs:
-            raise ApiError(400, f"the {served.backend} backend does not return logprobs", param="logprobs")
+            raise ApiError(
+                400, f"the {served.backend} backend does not return logprobs; serve with --backend hf", param="logprobs"
+            )
         return SamplingParams(
             max_tokens=max_tokens or min(self.settings.default_max_tokens, limit - prompt_len),
             temperature=1.0 if req.temperature is None else req.temperature,
@@ -486,6 +495,8 @@ def build_app(models: list[ServedModel], settings: ServeSettings):
         Route("/v1/models/{model:path}", server.get_model, methods=["GET"]),
         Route("/v1/completions", server.completions, methods=["POST"]),
         Route("/v1/chat/completions", server.chat, methods=["POST"]),
+        Route("/", chat_page, methods=["GET"]),  # the chat page (page.py)
+        Route("/llmctl/v1/models/{model:path}", functools.partial(model_info, server), methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,

@@ -1,8 +1,9 @@
 """What every request passes before the routes, and the transport limits under them.
 
 `Guard` (ASGI middleware) refuses, in OpenAI's error shape: request headers over `max_header_bytes` (431), a
-Host header the server does not answer to (403), a missing or wrong API key (401), a declared body over the
-limit (413), and a body that does not arrive within `read_timeout_s` (408); then it counts and logs the request.
+Host header the server does not answer to (403), a missing or wrong API key (401; the static chat page at / loads
+without one), a declared body over the limit (413), and a body that does not arrive within `read_timeout_s`
+(408); then it counts and logs the request.
 `h11_protocol` is uvicorn's h11 protocol with a deadline on the request line and headers (a connection that
 sends half of them and stalls is closed), the other half of "a stalled client is cut".
 
@@ -31,7 +32,7 @@ from llmctl.serve.metrics import Metrics
 from llmctl.serve.protocol import ApiError
 
 log = logging.getLogger("llmctl.serve")
-_ENDPOINTS = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/health", "/metrics")
+_ENDPOINTS = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/health", "/metrics", "/")
 # Bodies over the limit are read and dropped up to this size before the 413 (beyond it the connection closes).
 _DRAIN_BYTES = 64 << 20
 
@@ -152,7 +153,13 @@ class Guard:
                     code="host_not_allowed",
                 )
         found = dict(headers)
-        if self.expected is not None and not hmac.compare_digest(found.get(b"authorization", b""), self.expected):
+        # the chat page (page.py) is static and holds no data: it loads without the key, then asks for it
+        public = scope.get("path") == "/" and scope.get("method") in ("GET", "HEAD")
+        if (
+            self.expected is not None
+            and not public
+            and not hmac.compare_digest(found.get(b"authorization", b""), self.expected)
+        ):
             raise ApiError(
                 401, "missing or wrong API key: send the header Authorization: Bearer <key>", code="invalid_api_key"
             )
@@ -189,7 +196,9 @@ class Guard:
 
     def _record(self, scope, status: int, started: float) -> None:
         path = scope.get("path", "")
-        endpoint = path if path in _ENDPOINTS else "/v1/models/{model}" if path.startswith("/v1/models/") else "other"
+        endpoint = path if path in _ENDPOINTS else "other"
+        for prefix in ("/v1/models/", "/llmctl/v1/models/"):
+            endpoint = prefix + "{model}" if path.startswith(prefix) else endpoint
         self.metrics.request(endpoint, status)
         ms = 1000 * (time.perf_counter() - started)
         log.info(

@@ -122,8 +122,9 @@ def load_models(specs: list[str], names: list[str], config: dict, say=None) -> l
                 else (config["backend"], "asked for")
             )
             say(f"loading {name} ({r.format}) on the {backend} backend ({why})")
+            auto = config["backend"] == "auto"
             engine = Engine(
-                backends.create(backend, r, options),
+                backends.create(backend, r, backends.auto_options(backend, r, options) if auto else options),
                 config["max_concurrency"],
                 config["max_queue"],
                 max_queue_tokens=config["max_queue_tokens"],
@@ -254,6 +255,7 @@ def serve(specs: list[str], names: list[str], config: dict) -> None:
                 extra={"event": "exposed"},
             )
         log.info("listening on %s", url, extra={"event": "listening", "url": url, "models": [m.name for m in models]})
+        log.info("chat page: %s/", url, extra={"event": "page", "url": url + "/"})
         _quiet_signals()
         watch_engines(models, server, config["shutdown_grace_s"], done, failed)
         server.run(sockets=[sock])

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmctl.errors import LlmctlError, UsageError
+from llmctl.runtime.progress import Progress
 from llmctl.tokenize.reader import resolve_inputs
 from llmctl.tokenize.spec import TokenizerRef, load_tokenizer_spec
 
@@ -141,17 +142,17 @@ def encode_corpus(
     name: str | None = None,
     force: bool = False,
     command: str = "",
-    on_progress: Callable[[int, int, int], None] | None = None,
+    on_progress: Progress | None = None,
 ) -> EncodeResult:
     """Documents → curated, tokenized, EOS-separated train/val token shards plus index.json.
 
     The output is written to a temp dir and renamed into place only when complete; with `name` it is
-    also registered (format "data"). `on_progress(bytes_done, bytes_total, docs_done)` is called per chunk.
+    also registered (format "data"). `on_progress("N docs", bytes_done, bytes_total)` is called per chunk.
 
     Examples:
         encode_corpus("shakespeare-bpe", ["input.txt"], config, output=Path("data/sh"))
     """
-    from llmctl.config.profiles import save_config
+    from llmctl.config.profiles import save_run_config
     from llmctl.data.token_data import file_sha256, read_index, write_index
     from llmctl.tokenize.pipeline import Encoder
 
@@ -172,7 +173,7 @@ def encode_corpus(
         index.update({"sources": sources, "command": command, "created": time.time()})
         if name is not None:
             index["name"] = name
-        save_config(config, folder / "llmctl-config.yaml", command)
+        save_run_config(config, folder, command)
         write_index(folder, index)
         return index
 

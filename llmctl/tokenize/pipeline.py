@@ -17,10 +17,11 @@ import hashlib
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from llmctl.errors import LlmctlError
+from llmctl.runtime.progress import Progress
 from llmctl.tokenize.reader import DocReader, chunks
 from llmctl.tokenize.spec import TokenizerRef
 from llmctl.tokenize.workers import default_workers, init_worker, process_chunk
@@ -51,7 +52,7 @@ class Encoder:
         ref: TokenizerRef,
         state: dict,
         config: dict,
-        on_progress: Callable[[int, int, int], None] | None,
+        on_progress: Progress | None,
     ):
         from llmctl.data.curation import ExactDedup, NearDedup
         from llmctl.data.token_data import ShardWriter, dtype_for_vocab
@@ -154,7 +155,8 @@ class Encoder:
         self.pii_counts.update(res["pii_counts"])
         self._write(res, self._route(res, keys))
         if self.on_progress is not None:
-            self.on_progress(self.reader.bytes_read, self.reader.total_bytes, self.totals["docs_read"])
+            docs = self.totals["docs_read"]
+            self.on_progress(f"{docs:,} docs", self.reader.bytes_read, self.reader.total_bytes)  # done/total: bytes
 
     def _route(self, res: dict, keys: list[bytes]):
         """Per document kept by the workers: 0 dropped (near-duplicate), _TRAIN or _VAL; counts drops."""

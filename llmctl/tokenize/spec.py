@@ -65,16 +65,12 @@ def _has_tokenizer_files(folder: Path) -> bool:
 
 def _recorded_tokenizer(spec: str, data_dir: Path) -> tuple[str | None, Path]:
     """The tokenizer a data dir was encoded with: its recorded folder, else its registry name."""
-    from llmctl.data.token_data import INDEX, read_index
-    from llmctl.models.registry import Registry
+    from llmctl.data.token_data import INDEX, read_index, recorded_tokenizer
 
     rec = read_index(data_dir)["tokenizer"]
-    name, folder = rec.get("name"), Path(rec["path"])
-    if folder.is_dir():
+    name, folder = recorded_tokenizer(rec)
+    if folder is not None:
         return name, folder
-    entry = Registry().find(name) if name else None
-    if entry is not None and Path(entry.path).is_dir():
-        return name, Path(entry.path)
     raise _refused(spec, f"the tokenizer recorded in {data_dir / INDEX} ({rec['path']}) is missing")
 
 

@@ -148,13 +148,13 @@ def _publish(
     fast, config: dict, reservation, name: str | None, output: Path | None, force: bool, command: str, meta: dict
 ) -> Path:
     """Save the tokenizer atomically to --output and/or a registry folder; register it under name."""
-    from llmctl.config.profiles import save_config
+    from llmctl.config.profiles import save_run_config
     from llmctl.models.registry import ModelEntry
     from llmctl.paths import atomic_dir
 
     def fill(folder: Path) -> None:
         fast.save_pretrained(str(folder))
-        save_config(config, folder / "llmctl-config.yaml", command)
+        save_run_config(config, folder, command)
 
     if output is not None:
         with atomic_dir(Path(output), force=force) as tmp:

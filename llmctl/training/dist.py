@@ -109,13 +109,11 @@ def pick_device(device: str) -> str:
 
 
 def decoder_layers(model) -> list:
-    """The repeated transformer blocks of a transformers model (through a PEFT wrapper): FSDP's sharding units.
+    """The repeated transformer blocks of a model (through a PEFT wrapper): FSDP's sharding units, found as
+    everywhere (llmctl.models.formats.hf.decoder_layers); none found shards the whole model as one unit."""
+    from llmctl.models.formats.hf import decoder_layers as blocks
 
-    They are the modules whose class the model names in `_no_split_modules` (LlamaDecoderLayer, GPT2Block, …).
-    """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    names = set(getattr(base, "_no_split_modules", None) or [])
-    return [m for m in base.modules() if type(m).__name__ in names]
+    return list(blocks(model, required=False))
 
 
 def wrap_model(raw, d: Dist, config: dict, device: str):

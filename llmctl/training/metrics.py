@@ -1,4 +1,4 @@
-"""Training metrics: metrics.jsonl, metrics.csv, TensorBoard event files and a loss-curve PNG.
+"""Training metrics: metrics.jsonl, metrics.csv, TensorBoard event files, a loss-curve PNG, MLflow / W&B runs.
 
 Examples:
     log = MetricsLogger(run_dir); log.log(10, {"loss": 3.2, "lr": 1e-4}); log.close()
@@ -19,8 +19,11 @@ class MetricsLogger:
         log = MetricsLogger(run_dir); log.log(10, {"loss": 3.2, "lr": 1e-4}); log.close()
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, append: bool = False):
+    def __init__(
+        self, run_dir: Path, tensorboard: bool = True, append: bool = False, csv: bool = True, tracker: Any = None
+    ):
         self.dir = Path(run_dir)
+        self.csv, self.tracker = csv, tracker  # tracker: llmctl.training.tracking.Tracker (MLflow, W&B) or None
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict] = []
         mode = "a" if append else "w"
@@ -53,6 +56,8 @@ class MetricsLogger:
             for k, v in values.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     self.writer.add_scalar(k, v, step)
+        if self.tracker is not None:
+            self.tracker.log(step, values)
 
     def truncate_after(self, step: int) -> None:
         """Forget rows logged after `step` (used when resuming or rolling back)."""
@@ -67,6 +72,16 @@ class MetricsLogger:
         self.jsonl.close()
         if self.writer is not None:
             self.writer.close()
+        if self.csv:
+            self.write_csv()
+        self.plot(title)
+        if self.tracker is not None:
+            from llmctl.config.profiles import RUN_CONFIG_FILE
+
+            names = ("loss.png", RUN_CONFIG_FILE, "metrics.csv")
+            self.tracker.finish([self.dir / n for n in names])
+
+    def write_csv(self) -> None:
         keys: list[str] = []
         for r in self.rows:
             keys += [k for k in r if k not in keys]
@@ -74,7 +89,6 @@ class MetricsLogger:
             w = csv.DictWriter(fh, fieldnames=keys)
             w.writeheader()
             w.writerows(self.rows)
-        self.plot(title)
 
     def plot(self, title: str) -> Path | None:
         """loss.png: training loss (and validation loss when logged) against steps."""
@@ -103,6 +117,22 @@ class MetricsLogger:
         fig.savefig(out, dpi=100)
         plt.close(fig)
         return out
+
+
+def open_logger(run_dir: Path, config: dict, append: bool, **run) -> MetricsLogger:
+    """The metric logs `tracking.report_to` asks for (rank 0 calls it): files in the run dir, MLflow/W&B runs.
+
+    `run`: kind, name, parents, command (the tags of the tracker runs); `append` continues a resumed run's logs
+    and its tracker runs.
+
+    Examples:
+        open_logger(run.path, config, False, kind="finetune", name="smol", parents=["base"], command="llmctl …")
+    """
+    from llmctl.training.tracking import start
+
+    report = (config.get("tracking") or {"report_to": ["tensorboard", "csv"]}).get("report_to") or []
+    tracker = start(run_dir, config, resume=append, **run)
+    return MetricsLogger(run_dir, "tensorboard" in report, append, csv="csv" in report, tracker=tracker)
 
 
 class NullLogger:

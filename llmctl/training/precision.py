@@ -29,15 +29,13 @@ def cpu_has_native_bf16() -> bool:
 
 
 def compute_dtype(dtype: str, device: str) -> str:
-    """`auto` → bf16 autocast on GPUs with bf16 and on CPUs with native bf16 (measured 1.35x faster than fp32
-    on an AMX CPU, benchmarks/pretrain_speed.py), else float32. Explicit values are kept."""
+    """`auto` → its training meaning (llmctl.config.dtypes.AUTO_DTYPE): bf16 autocast on GPUs with bf16 and on
+    CPUs with native bf16, else float32. Explicit values are kept."""
+    from llmctl.config.dtypes import auto_dtype
+
     if dtype != "auto":
         return dtype
-    if device.startswith("cuda"):
-        import torch
-
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    return "bfloat16" if device == "cpu" and cpu_has_native_bf16() else "float32"
+    return auto_dtype("training", device, cpu_bf16=device == "cpu" and cpu_has_native_bf16())
 
 
 def autocast(device: str, dtype: str):

@@ -7,16 +7,27 @@
 | llamacpp | GGUF files (llama.cpp)                 | one at a time       | `llmctl[llamacpp]` (compiles)          |
 | vllm     | HF folders on CUDA GPUs                | continuous (vLLM)   | `llmctl[vllm]` and a CUDA GPU          |
 
-`auto` picks the fastest backend for the format the model is in, so it never swaps the weights for a converted
-or quantized copy and never writes to the registry: vllm on a CUDA machine with vllm installed (HF folders); openvino
-for an OpenVINO entry; llamacpp for a GGUF file or GGUF entry; else hf. Another representation is asked for
-by name: `--backend openvino` converts an HF entry once (int8 weights) and serves the child `NAME-ov-int8`,
-which `auto` then runs on openvino when given by its name; `--backend llamacpp` runs the GGUF an entry was
-imported from. Why not switch silently: 8-bit weights (OpenVINO int8) and 8-bit activations (llama.cpp Q4_1)
-both flip a near tie on the default model (0.09 logits), which then answers "What is the capital of France?"
-with "L'Étoile, …" instead of "The capital of France is Paris.". Measured on a 2-core AVX2 CPU, default
-model: llama.cpp Q4_1 60–62 tokens/s, OpenVINO GenAI int8 41–51, transformers fp32 8–10
-(shared/field-notes.md, idle machine).
+`auto` picks the fastest backend that runs the model's own weights, so it never swaps them for a quantized
+copy: vllm on a CUDA machine with vllm installed (HF folders); openvino for an OpenVINO entry; llamacpp for a
+GGUF file or GGUF entry; openvino on the entry's fp32 IR for a full-precision registry entry (hf, or gguf
+without llama.cpp) on CPU — see below; else hf. Quantized copies are asked for by name: `--backend openvino`
+converts an HF entry once (int8 weights) and serves the child `NAME-ov-int8`, which `auto` then runs on
+openvino when given by its name; `--backend llamacpp` runs the GGUF an entry was imported from. Why not
+switch to those silently: 8-bit weights (OpenVINO int8) and 8-bit activations (llama.cpp Q4_1) both flip a
+near tie on the default model (0.09 logits), which then answers "What is the capital of France?" with
+"L'Étoile, …" instead of "The capital of France is Paris.". Measured on a 2-core AVX2 CPU, default model:
+llama.cpp Q4_1 60–62 tokens/s, OpenVINO GenAI int8 41–51, transformers fp32 8–10 (shared/field-notes.md,
+idle machine).
+
+The fp32 IR (`NAME-ov-fp32`, a registry child made once by optimum-intel's export with the weights as they
+are, run with fp32 inference and an fp32 KV cache) answers like transformers fp32 at about twice its speed
+(benchmarks/generate.py). Making it costs about a minute and a second copy of the weights, more than a short
+command saves, so `auto` uses it when it is already cached and still valid (the source entry unchanged), and
+makes it only for a `generate` whose work is at least AUTO_CONVERT_TOKENS new tokens (prompts × answers ×
+--max-new-tokens); `serve` never converts at start-up. The conversion says so on stderr once. The hf
+backend stays the default for what only it does (beam search, --adapter, an explicit --dtype, RoPE scaling,
+logprobs and structured output in `serve`: a server on the IR answers those with an error naming
+`--backend hf`), and `--backend hf` always runs transformers.
 
 Examples:
     name, why = choose(resolve_model("model.Q4_K_M.gguf"))   # ("llamacpp", "the model is a GGUF file")
@@ -82,10 +93,19 @@ def check_name(name: str) -> str:
     return name
 
 
-def choose(resolved, device: str = "auto", hf_only: str | None = None) -> tuple[str, str]:
+# New tokens a `generate` must ask for at most before `auto` converts an entry to its fp32 OpenVINO IR:
+# conversion ~C s buys (1/hf − 1/ov) s per token; measured on the default model, 2-core AMD EPYC, loaded
+# (see benchmarks/generate.py)
+AUTO_CONVERT_TOKENS = 2048
+
+
+def choose(resolved, device: str = "auto", hf_only: str | None = None, work_tokens: int = 0) -> tuple[str, str]:
     """(backend, why) that `auto` picks for a resolved model on this machine (see the module docstring).
 
-    hf_only names a setting only the hf backend has (e.g. beam search); then hf is the answer.
+    hf_only names a setting only the hf backend has (e.g. beam search); then hf is the answer. work_tokens: the
+    new tokens the command asks for at most (0 for `serve`), which decides whether an fp32 IR is made.
+    When this returns openvino for a model that is not an OpenVINO IR, run it with `openvino_bits` 32
+    (`auto_options`).
     """
     if hf_only:
         return "hf", f"{hf_only} needs the hf backend"
@@ -99,13 +119,43 @@ def choose(resolved, device: str = "auto", hf_only: str | None = None) -> tuple[
         return "openvino", "the model is an OpenVINO IR"
     if resolved.format == "gguf" and installed("llamacpp") and _module("llamacpp").gguf_file_of(resolved):
         return "llamacpp", "the model is a GGUF file"
+    if _fp32_ir_fits(resolved) and installed("openvino"):
+        ov = _module("openvino")
+        child = ov.child_name(resolved.name, ov.FULL)
+        if ov.cached_conversion(resolved, ov.FULL) is not None:
+            return "openvino", f"its fp32 OpenVINO IR {child} is cached (same weights; --backend hf: transformers)"
+        if work_tokens >= AUTO_CONVERT_TOKENS:
+            return "openvino", (
+                f"up to {work_tokens} new tokens: worth its fp32 OpenVINO IR {child}, made once (same weights)"
+            )
+        return "hf", f"a short run (under {AUTO_CONVERT_TOKENS} new tokens): {child} is not made for it"
     return "hf", "no faster backend fits this model here"
 
 
-def _cuda() -> bool:
-    import torch
+def _fp32_ir_fits(resolved) -> bool:
+    """Whether resolved is a registry entry whose own weights an fp32 OpenVINO IR can hold (hf or gguf)."""
+    from llmctl.models import formats
 
-    return torch.cuda.is_available()
+    if resolved.entry is None or resolved.format not in formats.names():
+        return False
+    fmt = formats.get(resolved.format)
+    return fmt.kind == "model" and fmt.full_precision_source and not fmt.quantized
+
+
+def auto_options(name: str, resolved, options: BackendOptions) -> BackendOptions:
+    """The options for the backend `auto` chose: openvino on a non-OpenVINO entry means its fp32 IR."""
+    import dataclasses
+
+    if name == "openvino" and resolved.format != "openvino":
+        return dataclasses.replace(options, openvino_bits=_module("openvino").FULL)
+    return options
+
+
+def _cuda() -> bool:
+    """Whether `auto` runs on a CUDA GPU here (the one device rule: llmctl.models.loading.pick_device)."""
+    from llmctl.models.loading import pick_device
+
+    return pick_device("auto").startswith("cuda")
 
 
 def create(name: str, resolved, options: BackendOptions) -> Backend:

@@ -25,12 +25,10 @@ log = logging.getLogger("llmctl.serve")
 
 
 def model_context(config, default: int = 2048) -> int:
-    """The context length a model config declares (max_position_embeddings, n_positions, ...)."""
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return default
+    """The context length a model config declares (llmctl.models.rope.positions), else `default`."""
+    from llmctl.models.rope import positions
+
+    return positions(config) or default
 
 
 def steppable(model) -> bool:

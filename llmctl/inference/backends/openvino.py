@@ -8,7 +8,10 @@ the default model's GGUF-derived detokenizer with openvino_tokenizers fails: "in
 
 A model that is not an OpenVINO IR (hf, gguf, an adapter, merged) is converted once with llmctl's OpenVINO
 export (optimum-intel + NNCF int8 weights by default) and registered as `<name>-ov-int8` with the source as
-parent; later runs, and `auto`, reuse it while the source entry is unchanged.
+parent; later runs, and `auto`, reuse it while the source entry is unchanged. `openvino_bits` 32 exports the
+weights unchanged (fp32 IR, `<name>-ov-fp32`) and runs it with fp32 inference and an fp32 KV cache: the
+OpenVINO CPU plugin would otherwise pick bf16 inference where the CPU has bf16 units and a u8 KV cache
+(2026.4 defaults), which changes answers. That IR is what `auto` runs for full-precision HF entries on CPU.
 
 Examples:
     backend = create(resolve_model("tiny"), BackendOptions(max_batch=4))   # converts tiny once
@@ -35,9 +38,22 @@ def require_genai() -> None:
         ) from exc
 
 
+FULL = 32  # openvino_bits meaning "no weight compression": an fp32 IR with the source's weights
+
+# CPU plugin settings that keep an fp32 IR computing in fp32 (its 2026.4 defaults on a CPU with bf16 units:
+# bf16 inference, u8 KV cache, int8 dynamic quantization of activations in groups of 32)
+FP32_PROPERTIES = {
+    "INFERENCE_PRECISION_HINT": "f32",
+    "KV_CACHE_PRECISION": "f32",
+    "KEY_CACHE_PRECISION": "f32",
+    "VALUE_CACHE_PRECISION": "f32",
+    "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0,
+}
+
+
 def child_name(name: str, bits: int) -> str:
-    """The registry name of the OpenVINO conversion of entry `name`."""
-    return f"{name}-ov-int{bits}"
+    """The registry name of the OpenVINO conversion of entry `name` (`NAME-ov-int8`, `NAME-ov-fp32`)."""
+    return f"{name}-ov-fp32" if bits == FULL else f"{name}-ov-int{bits}"
 
 
 def cached_conversion(resolved, bits: int = 8):
@@ -52,6 +68,7 @@ def cached_conversion(resolved, bits: int = 8):
         or entry.format != "openvino"
         or entry.meta.get("converted_from") != resolved.name
         or entry.meta.get("source_created") != resolved.entry.created
+        or entry.meta.get("bits", bits) != bits
         or not Path(entry.path).is_dir()
     ):
         return None
@@ -68,10 +85,10 @@ def ir_folder(resolved, options: BackendOptions) -> str:
 
 
 def convert(resolved, bits: int, say=None):
-    """Export a registry model to OpenVINO IR with NNCF int8/int4 weights and register it as its child."""
+    """Export a registry model to OpenVINO IR (NNCF int8/int4 weights, or fp32 as is) and register it as its child."""
     from llmctl.models.loading import load_model
     from llmctl.models.registry import ModelEntry, Registry
-    from llmctl.quantize.openvino import openvino_compress
+    from llmctl.quantize.openvino import openvino_compress, openvino_export_fp32
 
     fmt = formats.get(resolved.format)
     if resolved.entry is None:
@@ -92,7 +109,8 @@ def convert(resolved, bits: int, say=None):
             hint=f"rename or remove it (`llmctl models remove {name}`)",
         )
     reservation = registry.reserve(name, force=old is not None)  # a stale conversion of ours is replaced
-    (say or (lambda _m: None))(f"converting {resolved.name} to OpenVINO IR ({bits}-bit weights) once → {name}")
+    what = "fp32 weights, unchanged" if bits == FULL else f"{bits}-bit weights"
+    (say or (lambda _m: None))(f"converting {resolved.name} to OpenVINO IR ({what}) once → {name}")
     loaded = load_model(resolved, dtype="float32", device="cpu")
     model = loaded.model.merge_and_unload() if hasattr(loaded.model, "merge_and_unload") else loaded.model
     cfg = {
@@ -106,7 +124,10 @@ def convert(resolved, bits: int, say=None):
         try:
             model.save_pretrained(src, safe_serialization=True)
             loaded.tokenizer.save_pretrained(src)
-            openvino_compress(str(src), tmp, cfg, None)
+            if bits == FULL:
+                openvino_export_fp32(str(src), tmp)
+            else:
+                openvino_compress(str(src), tmp, cfg, None)
         finally:
             import shutil
 
@@ -116,12 +137,12 @@ def convert(resolved, bits: int, say=None):
             "converted_from": resolved.name,
             "source_created": resolved.entry.created,
             "backend": "openvino",
-            "algo": "weight-compression",
+            "algo": "none (fp32 weights)" if bits == FULL else "weight-compression",
             "bits": bits,
-            "group_size": cfg["group_size"],
-            "sym": True,
             "purpose": "OpenVINO GenAI serving (llmctl serve/generate --backend openvino)",
         }
+        if bits != FULL:
+            meta.update(group_size=cfg["group_size"], sym=True)
         entry = ModelEntry(
             name=name,
             format="openvino",
@@ -164,8 +185,18 @@ def generation_config(params: SamplingParams, eos_ids: frozenset):
     return gc
 
 
-def _properties(options: BackendOptions) -> dict:
-    return {"INFERENCE_NUM_THREADS": options.threads} if options.threads else {}
+def full_precision(resolved, options: BackendOptions) -> bool:
+    """Whether the IR run for resolved holds uncompressed weights (then it runs with FP32_PROPERTIES)."""
+    if resolved.format != "openvino":
+        return options.openvino_bits == FULL
+    return resolved.entry is not None and resolved.entry.meta.get("bits") == FULL
+
+
+def _properties(options: BackendOptions, fp32: bool = False) -> dict:
+    props = dict(FP32_PROPERTIES) if fp32 else {}
+    if options.threads:
+        props["INFERENCE_NUM_THREADS"] = options.threads
+    return props
 
 
 def create(resolved, options: BackendOptions) -> Backend:
@@ -173,9 +204,12 @@ def create(resolved, options: BackendOptions) -> Backend:
     require_genai()
     if options.device not in ("auto", "cpu"):
         raise LlmctlError(f"the openvino backend runs on CPU here, not {options.device!r}", hint="use --device cpu")
-    folder = ir_folder(resolved, options)
-    backend = OpenVinoBatching(folder, options) if options.max_batch > 1 else OpenVinoOneStream(folder, options)
-    backend.info.update({"device": "cpu", "ir": folder, "pipeline": type(backend).pipeline})
+    folder, fp32 = ir_folder(resolved, options), full_precision(resolved, options)
+    kind = OpenVinoBatching if options.max_batch > 1 else OpenVinoOneStream
+    backend = kind(folder, options, fp32)
+    backend.info.update({"device": "cpu", "ir": folder, "pipeline": kind.pipeline})
+    if fp32:
+        backend.info["precision"] = "fp32 (the source's weights)"
     return backend
 
 
@@ -185,7 +219,7 @@ class OpenVinoBatching(Backend):
     name = "openvino"
     pipeline = "ContinuousBatchingPipeline"
 
-    def __init__(self, folder: str, options: BackendOptions):
+    def __init__(self, folder: str, options: BackendOptions, fp32: bool = False):
         import openvino_genai as ov_genai
 
         super().__init__()
@@ -193,7 +227,7 @@ class OpenVinoBatching(Backend):
         self.max_batch = options.max_batch
         scheduler = ov_genai.SchedulerConfig()
         scheduler.max_num_seqs = options.max_batch  # cache_size 0: GenAI grows the paged KV cache as needed
-        self.pipe = ov_genai.ContinuousBatchingPipeline(folder, scheduler, "CPU", _properties(options))
+        self.pipe = ov_genai.ContinuousBatchingPipeline(folder, scheduler, "CPU", _properties(options, fp32))
         self._handles: dict = {}
 
     def add(self, seq: Sequence) -> None:
@@ -237,12 +271,12 @@ class OpenVinoOneStream(ThreadedOneAtATime):
     name = "openvino"
     pipeline = "LLMPipeline"
 
-    def __init__(self, folder: str, options: BackendOptions):
+    def __init__(self, folder: str, options: BackendOptions, fp32: bool = False):
         import openvino_genai as ov_genai
 
         super().__init__()
         self.codec, self.max_model_len = _codec_and_context(folder, options)
-        self.pipe = ov_genai.LLMPipeline(folder, "CPU", **_properties(options))
+        self.pipe = ov_genai.LLMPipeline(folder, "CPU", **_properties(options, fp32))
 
     def run(self, seq: Sequence, on_token) -> str | None:
         import numpy as np

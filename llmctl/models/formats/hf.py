@@ -182,6 +182,30 @@ def arch_summary(config) -> str:
     return ", ".join(f"{k}={getattr(config, k, None)}" for k in keys if getattr(config, k, None) is not None)
 
 
+def decoder_layers(model, required: bool = True):
+    """The decoder blocks of a transformers model, through a PEFT wrapper: LLaMA-style `model.layers`, GPT-2's
+    `transformer.h`, else the modules of the classes the model names in `_no_split_modules` (FSDP's sharding
+    units). The one way llmctl finds them (compression cores, prune, TEQ, FSDP); with `required`, none is an error.
+
+    Examples:
+        len(decoder_layers(model))        # 30 for SmolLM2-135M
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner, tr = getattr(base, "model", None), getattr(base, "transformer", None)
+    if inner is not None and hasattr(inner, "layers"):
+        return inner.layers
+    if tr is not None and hasattr(tr, "h"):
+        return tr.h
+    names = set(getattr(base, "_no_split_modules", None) or [])
+    found = [m for m in base.modules() if type(m).__name__ in names]
+    if found or not required:
+        return found
+    raise LlmctlError(
+        f"cannot find the decoder blocks of this {base.config.model_type} model",
+        hint="supported: LLaMA-style (model.layers) and GPT-2-style (transformer.h) models",
+    )
+
+
 def fix_special_tokens(tokenizer, config) -> None:
     """Make the tokenizer's bos/eos/unk/pad strings agree with the model config's ids.
 
