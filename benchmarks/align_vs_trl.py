@@ -1,12 +1,12 @@
 """llmctl against TRL at the same budget: DPO, KTO, GRPO and reward modelling, side by side.
 
 For each objective both sides train a LoRA adapter on the same base, data, seed, LoRA settings (r, alpha,
-dropout, target modules), optimiser settings (AdamW betas, weight decay, clipping, learning rate with linear
-warmup then cosine decay to the same floor), batch and number of optimizer updates: llmctl through
+dropout, target modules), optimiser settings (AdamW betas, weight decay, clipping, and llmctl's own learning-rate
+schedule: linear warmup, then cosine decay to the same floor), batch and number of optimizer updates: llmctl through
 `llmctl finetune --profile <objective>` (the built-in profile, with the changes below), TRL through its own
-`DPOTrainer`, `KTOTrainer`, `GRPOTrainer` and `RewardTrainer` in a child process, configured from llmctl's
-resolved settings. TRL's adapter is saved as a PEFT folder and registered with `llmctl models import`; then both
-sides' models are scored by the same `llmctl eval` task on held-out data:
+`DPOTrainer`, `KTOTrainer`, `GRPOTrainer` and `RewardTrainer` in a child process (`_trl_side.py`), configured
+from llmctl's resolved settings. TRL's adapter is saved as a PEFT folder and registered with `llmctl models
+import`; then both sides' models are scored by the same `llmctl eval` task on held-out data:
 
 - dpo, kto: `eval --tasks preference_accuracy --reference base` (implicit reward: log-ratio to the base);
 - reward: `eval --tasks reward_accuracy` (pair accuracy of the reward model);
@@ -97,159 +97,6 @@ def measured(cmd: list[str], env: dict) -> tuple[str, dict]:
 
 def llmctl(*args: str, env: dict) -> str:
     return measured([LLMCTL, *map(str, args)], env)[0]
-
-
-# ---- the TRL side (a child process: its peak RSS is its own) ------------------------------------------------------
-
-
-def _trl_args(cfg: dict, out: Path) -> dict:
-    """HF Trainer settings equal to llmctl's resolved train section (linear warmup, cosine to the same floor)."""
-    t = cfg["train"]
-    return dict(
-        output_dir=str(out / "trainer"),
-        max_steps=t["max_steps"],
-        per_device_train_batch_size=t["batch_size"],
-        gradient_accumulation_steps=t["grad_accum"],
-        learning_rate=t["lr"],
-        lr_scheduler_type="cosine_with_min_lr",
-        lr_scheduler_kwargs={"min_lr_rate": t["min_lr_ratio"]},
-        warmup_steps=t["warmup_steps"],
-        weight_decay=t["weight_decay"],
-        adam_beta1=t["beta1"],
-        adam_beta2=t["beta2"],
-        max_grad_norm=t["grad_clip"],
-        seed=t["seed"],
-        data_seed=t["seed"],
-        logging_steps=1,
-        save_strategy="no",
-        eval_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-    )
-
-
-def _lora(cfg: dict, task_type: str):
-    from peft import LoraConfig
-
-    lo = cfg["lora"]
-    targets = "all-linear" if lo["target_modules"] == ["all-linear"] else lo["target_modules"]
-    return LoraConfig(
-        r=lo["r"],
-        lora_alpha=lo["alpha"],
-        lora_dropout=lo["dropout"],
-        target_modules=targets,
-        bias=lo["bias"],
-        task_type=task_type,
-    )
-
-
-def _conversation(rec: dict) -> dict:
-    prompt = rec["prompt"] if isinstance(rec["prompt"], list) else [{"role": "user", "content": rec["prompt"]}]
-    return {"prompt": prompt, **{k: [{"role": "assistant", "content": rec[k]}] for k in ("chosen", "rejected")}}
-
-
-def _math_reward(prompts, completions, answer, **_):
-    from llmctl.finetune.rewards import math_exact
-
-    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-    return [math_exact(p, t, answer=a) for p, t, a in zip(prompts, texts, answer)]
-
-
-def _causal_setup(obj: str, cfg: dict, records: list[dict], common: dict) -> tuple:
-    """(Trainer class, its config, rows, extra trainer arguments) of TRL's DPO, KTO or GRPO from llmctl's config."""
-    seq = cfg["train"]["seq_len"]
-    if obj == "dpo":
-        from trl import DPOConfig, DPOTrainer
-
-        args = DPOConfig(**common, beta=cfg["dpo"]["beta"], loss_type=[cfg["dpo"]["loss"]], max_length=seq)
-        return DPOTrainer, args, [_conversation(r) for r in records], {}
-    if obj == "kto":
-        from trl import KTOConfig, KTOTrainer
-
-        k = cfg["kto"]
-        args = KTOConfig(
-            **common,
-            beta=k["beta"],
-            desirable_weight=k["desirable_weight"],
-            undesirable_weight=k["undesirable_weight"],
-            max_length=seq,
-        )
-        rows = []
-        for r in records:  # a pair is one desirable and one undesirable example, as llmctl reads it
-            c = _conversation(r)
-            rows += [
-                {"prompt": c["prompt"], "completion": c["chosen"], "label": True},
-                {"prompt": c["prompt"], "completion": c["rejected"], "label": False},
-            ]
-        return KTOTrainer, args, rows, {}
-    from trl import GRPOConfig, GRPOTrainer
-
-    g, ro = cfg["grpo"], cfg["rollout"]
-    # TRL's batch counts completions; llmctl's counts prompts (each with num_generations answers)
-    common = {**common, "per_device_train_batch_size": cfg["train"]["batch_size"] * g["num_generations"]}
-    args = GRPOConfig(
-        **common,
-        num_generations=g["num_generations"],
-        beta=g["beta"],
-        epsilon=g["epsilon"],
-        loss_type=g["loss_type"],
-        scale_rewards="group" if g["scale_rewards"] else "none",
-        num_iterations=g["epochs"],
-        steps_per_generation=1,  # one optimizer update per generation round, as llmctl's step
-        max_completion_length=ro["max_new_tokens"],
-        temperature=ro["temperature"],
-        top_k=ro["top_k"],
-        top_p=ro["top_p"],
-    )
-    rows = [{"prompt": [{"role": "user", "content": r["prompt"]}], "answer": r["answer"]} for r in records]
-    return GRPOTrainer, args, rows, {"reward_funcs": [_math_reward]}
-
-
-def trl_worker(spec_path: Path) -> None:
-    """Train one objective with TRL as the spec says; write the adapter and {train_runtime, num_tokens}."""
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-
-    from llmctl.data.sft import read_records
-
-    spec = json.loads(spec_path.read_text())
-    cfg, obj, out = spec["config"], spec["objective"], Path(spec["out"])
-    if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
-    torch.manual_seed(cfg["train"]["seed"])
-    tok = AutoTokenizer.from_pretrained(spec["base"])
-    records = read_records(Path(spec["data"]), "auto", uses=("prompts",) if obj == "grpo" else None)[0]
-    common = _trl_args(cfg, out)
-    if obj == "reward":
-        from trl import RewardConfig, RewardTrainer
-
-        model = AutoModelForSequenceClassification.from_pretrained(spec["base"], num_labels=1, dtype=torch.float32)
-        model.config.pad_token_id = tok.pad_token_id
-        trainer = RewardTrainer(
-            model=model,
-            args=RewardConfig(**common, max_length=cfg["train"]["seq_len"]),
-            train_dataset=Dataset.from_list([_conversation(r) for r in records]),
-            processing_class=tok,
-            peft_config=_lora(cfg, "SEQ_CLS"),
-        )
-    else:
-        trainer_cls, args, rows, extra = _causal_setup(obj, cfg, records, common)
-        trainer = trainer_cls(
-            model=AutoModelForCausalLM.from_pretrained(spec["base"], dtype=torch.float32),
-            args=args,
-            train_dataset=Dataset.from_list(rows),
-            processing_class=tok,
-            peft_config=_lora(cfg, "CAUSAL_LM"),
-            **extra,
-        )
-    metrics = trainer.train().metrics
-    trainer.model.save_pretrained(out / "adapter")
-    tok.save_pretrained(out / "adapter")
-    tokens = next((row["num_tokens"] for row in reversed(trainer.state.log_history) if "num_tokens" in row), None)
-    (out / "result.json").write_text(json.dumps({"train_runtime": metrics["train_runtime"], "num_tokens": tokens}))
 
 
 # ---- one objective, both sides ------------------------------------------------------------------------------------
@@ -373,7 +220,7 @@ def side_by_side(objective: str, data: Path, held: Path, args, env: dict, work: 
             }
         )
     )
-    _, theirs = measured([sys.executable, __file__, "--trl-worker", str(spec)], env)
+    _, theirs = measured([sys.executable, str(Path(__file__).with_name("_trl_side.py")), str(spec)], env)
     tr = json.loads((work / f"trl-{objective}" / "result.json").read_text())
     if tr["num_tokens"]:
         tokens, how = tr["num_tokens"], "TRL's num_tokens"
@@ -453,10 +300,7 @@ def main() -> None:
     ap.add_argument("--prompts-per-step", type=int, default=4)
     ap.add_argument("--threads", type=int, default=0, help="torch threads on both sides (0 = torch's default)")
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--trl-worker", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.trl_worker:
-        return trl_worker(args.trl_worker)
     from llmctl.models.resolve import resolve_model
 
     base_path = resolve_model(args.model).path  # in the user's registry (the default model converts once)

@@ -177,6 +177,7 @@ def default_vs_hf(args, resolved, loaded) -> dict:
             texts[name].append(res.items[0]["output"])
     for name in runs:
         out[f"{name}_tokens_per_s"] = round(statistics.median(speeds[name]), 2)
+    for name in runs:
         if name != "hf":
             same = [a == b for a, b in zip(texts[name], texts["hf"])]
             out[f"{name}_vs_hf"] = round(out[f"{name}_tokens_per_s"] / out["hf_tokens_per_s"], 2)

@@ -54,6 +54,8 @@ def test_auto_converts_only_for_enough_work_or_a_cached_ir(tiny_model, tiny_llam
         "openvino",
         "its fp32 OpenVINO IR tiny-ov-fp32 is cached (same weights; --backend hf: transformers)",
     )
+    # serve keeps hf even then: its clients ask for log-probs, echo and structured output, which only hf answers
+    assert cpu_only.choose(resolved, "cpu", fp32_ir=False) == ("hf", "no faster backend fits this model here")
     monkeypatch.setattr(openvino, "cached_conversion", lambda r, bits=8: object() if bits == 8 else None)
     assert cpu_only.choose(resolved, "cpu")[0] == "hf"
 

@@ -123,6 +123,20 @@ def memory_estimate(arch, config: dict, device: str) -> dict:
     return est | {"device": device, "compute_dtype": dtype, "extra_models": extra}
 
 
+def _check_memory(model: str, config: dict) -> None:
+    """Refuse a run whose estimated peak memory exceeds the device's free memory (train.ignore_memory_check)."""
+    from llmctl.training.dist import pick_device
+    from llmctl.training.estimate import arch_of, check_fits
+
+    device = pick_device(config["train"]["device"])
+    try:
+        arch = arch_of(model)
+    except LlmctlError:
+        return  # a model that cannot be read is refused below, with the reason that fits it
+    est = memory_estimate(arch, config, device)
+    check_fits(est, device, config["train"]["ignore_memory_check"], "train.ignore_memory_check")
+
+
 def estimate(model: str, config: dict, data: Path | None = None, steps: int = 0, on_log=None) -> dict:
     """What `--dry-run` shows: the run's estimated peak memory by part and, with `steps`, the time per step of
     that many real steps run in a scratch LLMCTL_HOME (nothing of the user's is written, nothing is registered).
@@ -249,6 +263,7 @@ def setup(
             "torchrun's processes yet",
             hint="run it without torchrun",
         )
+    _check_memory(model, config)  # before the model is read (or the default model converted)
     base = resolve_model(model, registry)
     check_full_precision(base, "finetune")
     if base.format != "hf":
@@ -266,15 +281,6 @@ def setup(
         device=pick_device(config["train"]["device"]),
     )
     _check_rope(base, config, s.device)
-    from llmctl.training.estimate import arch_from_path, check_fits
-
-    t = config["train"]
-    check_fits(
-        memory_estimate(arch_from_path(Path(base.path)), config, s.device),
-        s.device,
-        t["ignore_memory_check"],
-        "train.ignore_memory_check",
-    )
     if resume and not Checkpointer(run_dir_for(name) / "checkpoints").steps():
         raise LlmctlError(
             f"--resume given but {run_dir_for(name) / 'checkpoints'} holds no checkpoint",

@@ -117,7 +117,9 @@ def load_models(specs: list[str], names: list[str], config: dict, say=None) -> l
     try:
         for name, r in zip(names, resolved):
             backend, why = (
-                backends.choose(r, config["device"], hf_only="RoPE scaling" if config["rope"]["scaling"] else None)
+                backends.choose(
+                    r, config["device"], hf_only="RoPE scaling" if config["rope"]["scaling"] else None, fp32_ir=False
+                )
                 if config["backend"] == "auto"
                 else (config["backend"], "asked for")
             )

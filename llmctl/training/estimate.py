@@ -139,21 +139,24 @@ def arch_of(spec: str) -> Arch:
     return arch_from_path(path)
 
 
-def _act_per_token(arch: Arch, adapted: list[tuple[str, int, int]], dora: bool = False, kbit: bool = False) -> int:
-    """Values one block keeps per token for the backward pass (fp32 or autocast dtype each).
+def _act_bytes_per_token(arch: Arch, adapted: list, method: str, act_b: int, device: str, dropout: float) -> int:
+    """Bytes one block keeps per token for the backward pass (`act_b` per value: 4 fp32, 2 under autocast).
 
     LLaMA: the two norms' inputs and outputs (4h), q/k/v before and after RoPE and the attention output
     (2q + 4kv), the gated MLP's gate, up, SiLU and product (4i); GPT-2 alike with a 2-matrix MLP (2i + GELU).
-    LoRA/DoRA add, per adapted linear, the dropout output the adapter reads (its input width); DoRA also keeps
-    the base and adapter outputs it rescales by the magnitude and their fp32 rescaled sums (4 x the output width,
-    fitted to peft 0.21 in benchmarks/estimate.py); `kbit`: bitsandbytes 0.50's CPU path for 4-bit linears
-    keeps about one more input-width value per linear (fitted the same way; its CUDA kernels are not measured).
+    Per adapted linear (LoRA/DoRA, its input width `a`): the fp32 dropout output and its mask (5 bytes) and, under
+    autocast, the low-precision copy the adapter's matmul saves; DoRA also keeps the base and adapter outputs it
+    rescales by the magnitude (8 bytes per output value). bitsandbytes 0.50's CPU path keeps 4 more bytes per
+    input value of each 4-bit linear (qlora). The per-adapter and 4-bit terms are fitted to peft 0.21 with
+    benchmarks/estimate.py at two batch shapes (docs/estimate.md); its CUDA kernels are not measured.
     """
     h, q, kv, i = arch.hidden, arch.heads * arch.head_dim, arch.kv_heads * arch.head_dim, arch.inter
-    base = 4 * h + 2 * q + 4 * kv + 4 * i if arch.kind == "llama" else 10 * h + 3 * i
-    if kbit:
-        base += sum(a for _, a, _ in arch.linears())
-    return base + sum(a + (4 * b if dora else 0) for _, a, b in adapted)
+    values = 4 * h + 2 * q + 4 * kv + 4 * i if arch.kind == "llama" else 10 * h + 3 * i
+    per_input = (5 if dropout > 0 else 0) + (act_b if act_b < 4 else 0)
+    extra = sum(a * per_input + (8 * b if method == "dora" else 0) for _, a, b in adapted)
+    if method == "qlora" and not device.startswith("cuda"):
+        extra += 4 * sum(a for _, a, _ in arch.linears())
+    return values * act_b + extra
 
 
 def _targets(arch: Arch, config: dict) -> list[tuple[str, int, int]]:
@@ -203,8 +206,8 @@ def train_estimate(
     act_b = 4 if compute_dtype == "float32" else 2
     trained = trainable_params(arch, config)
     adapted = _targets(arch, config) if method in ("lora", "qlora", "dora") else []
-    kbit_cpu = method == "qlora" and not device.startswith("cuda")
-    per_layer = tokens * _act_per_token(arch, adapted, method == "dora", kbit_cpu) * act_b
+    dropout = config.get("lora", {}).get("dropout", 0.0)
+    per_layer = tokens * _act_bytes_per_token(arch, adapted, method, act_b, device, dropout)
     if t.get("gradient_checkpointing"):
         acts = arch.layers * tokens * arch.hidden * act_b + per_layer  # block inputs + one block recomputed
     else:
@@ -219,12 +222,13 @@ def train_estimate(
         # response logits in fp32, their log-softmax and its gradient (three vocab-wide rows per token)
         "logits": 3 * tokens * arch.vocab * 4,
     }
-    if kbit_cpu:
+    if method == "qlora" and not device.startswith("cuda"):
         # on CPU the fp32 linears read while quantizing at load stay resident (freed, not returned to the OS:
         # measured 650 MiB after loading the default model, whose NF4 weights are 160 MiB)
         parts["qlora_load_residue"] = 4 * arch.linear_params()
-    if compute_dtype != "float32":
-        parts["autocast_weight_copies"] = 2 * (arch.params() if method != "qlora" else 0)
+    if compute_dtype != "float32" and method == "full":
+        # autocast caches low-precision copies of weights that require grad only (a frozen base is cast per op)
+        parts["autocast_weight_copies"] = 2 * arch.params()
     if extra_models:
         parts["extra_models"] = extra_models * 4 * arch.params()
     if rollout_tokens:

@@ -24,10 +24,12 @@ are, run with fp32 inference and an fp32 KV cache) answers like transformers fp3
 (benchmarks/generate.py). Making it costs about a minute and a second copy of the weights, more than a short
 command saves, so `auto` uses it when it is already cached and still valid (the source entry unchanged), and
 makes it only for a `generate` whose work is at least AUTO_CONVERT_TOKENS new tokens (prompts × answers ×
---max-new-tokens); `serve` never converts at start-up. The conversion says so on stderr once. The hf
-backend stays the default for what only it does (beam search, --adapter, an explicit --dtype, RoPE scaling,
-logprobs and structured output in `serve`: a server on the IR answers those with an error naming
-`--backend hf`), and `--backend hf` always runs transformers.
+--max-new-tokens). The conversion says so on stderr once. `serve --backend auto` keeps hf for such entries:
+its clients ask for what only hf answers (lm-eval's log-probs through `echo`, `logit_bias`, JSON-schema output)
+and a server cannot switch backends per request; `serve --backend openvino --openvino-bits 32` serves the IR
+on purpose (those requests then get a 400 naming `--backend hf`). The hf backend also stays the default for
+what only it does in `generate` (beam search, --adapter, an explicit --dtype, RoPE scaling), and `--backend
+hf` always runs transformers.
 
 Examples:
     name, why = choose(resolve_model("model.Q4_K_M.gguf"))   # ("llamacpp", "the model is a GGUF file")
@@ -93,17 +95,22 @@ def check_name(name: str) -> str:
     return name
 
 
-# New tokens a `generate` must ask for at most before `auto` converts an entry to its fp32 OpenVINO IR:
-# conversion ~C s buys (1/hf − 1/ov) s per token; measured on the default model, 2-core AMD EPYC, loaded
-# (see benchmarks/generate.py)
+# New tokens a `generate` must ask for at most before `auto` converts an entry to its fp32 OpenVINO IR. The
+# conversion (C s) buys 1/hf − 1/ov s per token. Default model, 2-core AMD EPYC, 2026-12-04, machine loaded:
+# C = 187 s, hf ~1.2 tok/s, IR ~5 → break-even ~300 tokens; idle (estimated: hf 8.2, IR ~2x, C ~1 min) ~1,000.
+# At 2,048 the run that makes the IR is about as fast as hf would have been; later runs gain all of it.
 AUTO_CONVERT_TOKENS = 2048
 
 
-def choose(resolved, device: str = "auto", hf_only: str | None = None, work_tokens: int = 0) -> tuple[str, str]:
+def choose(
+    resolved, device: str = "auto", hf_only: str | None = None, work_tokens: int = 0, fp32_ir: bool = True
+) -> tuple[str, str]:
     """(backend, why) that `auto` picks for a resolved model on this machine (see the module docstring).
 
     hf_only names a setting only the hf backend has (e.g. beam search); then hf is the answer. work_tokens: the
-    new tokens the command asks for at most (0 for `serve`), which decides whether an fp32 IR is made.
+    new tokens the command asks for at most, which decides whether an fp32 IR is made. fp32_ir=False (serve)
+    never picks the fp32 IR: a server's clients ask for what only hf answers (log-probs, echo, logit_bias,
+    structured output), and one server cannot switch backends per request.
     When this returns openvino for a model that is not an OpenVINO IR, run it with `openvino_bits` 32
     (`auto_options`).
     """
@@ -119,7 +126,7 @@ def choose(resolved, device: str = "auto", hf_only: str | None = None, work_toke
         return "openvino", "the model is an OpenVINO IR"
     if resolved.format == "gguf" and installed("llamacpp") and _module("llamacpp").gguf_file_of(resolved):
         return "llamacpp", "the model is a GGUF file"
-    if _fp32_ir_fits(resolved) and installed("openvino"):
+    if fp32_ir and _fp32_ir_fits(resolved) and installed("openvino"):
         ov = _module("openvino")
         child = ov.child_name(resolved.name, ov.FULL)
         if ov.cached_conversion(resolved, ov.FULL) is not None:
