@@ -1,14 +1,15 @@
 """What every command shares: common options, the stderr console, JSON output and config resolution.
 
-Each command declares once how its options map to profile keys (`OPTIONS = {"top_p": "top_p", ...}`, python
-parameter name → dotted key) and calls `resolve(ctx, command, OPTIONS)`: the values the user gave on the
+Each command declares once how its renamed options map to profile keys (`OPTIONS = {"awq": "openvino.awq"}`,
+python parameter name → dotted key; `@schema_options` adds every parameter named like a top-level key) and
+calls `resolve(ctx, command, OPTIONS)`: the values the user gave on the
 command line, `--set` and `--profile` are validated by the command's schema (the one validation layer), and a
 bad value is reported as the user typed it (`--top-p 1.5: must be greater than 0 and at most 1`).
 
 Examples:
     def cmd(ctx: typer.Context, top_p: Annotated[float | None, typer.Option("--top-p")] = None,
             profile: ProfileOpt = None, set_: SetOpt = None, json_out: JsonOpt = False):
-        config = resolve(ctx, "generate", {"top_p": "top_p"})
+        config = resolve(ctx, "generate", OPTIONS)   # OPTIONS after @schema_options("generate", OPTIONS)
 """
 
 from __future__ import annotations

@@ -101,11 +101,14 @@ def _from_field(info: OptionInfo, field: Field) -> OptionInfo:
     return info
 
 
-def schema_options(command: str, options: Mapping[str, Any]) -> Callable:
+def schema_options(command: str, options: dict[str, Any]) -> Callable:
     """Give each mapped option of a command function its help and completion from `command`'s schema.
 
     Rewrites the function's signature (Typer reads options from it) with a copy of each mapped option's
-    `typer.Option` that carries the schema's help; unmapped options are left as declared.
+    `typer.Option` that carries the schema's help; unmapped options are left as declared. A parameter named
+    like a top-level schema key maps to it by itself, so `options` holds only the renamed ones (`awq` →
+    `openvino.awq`); the identity entries are added to `options` here, so `resolve(ctx, command, options)`
+    sees every mapped parameter.
 
     Examples:
         @schema_options("quantize", OPTIONS)
@@ -119,6 +122,8 @@ def schema_options(command: str, options: Mapping[str, Any]) -> Callable:
         sig = inspect.signature(func, eval_str=True)
         params = []
         for param in sig.parameters.values():
+            if param.name not in options and schema.field(param.name) is not None:
+                options[param.name] = param.name  # named like its key: no entry needed in the command's map
             key = option_key(options, param.name)
             field = schema.field(key) if key else None
             ann = param.annotation

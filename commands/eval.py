@@ -139,23 +139,11 @@ def _tasks(values: list[str]) -> list[str]:
 # Option → profile key: every value given here is checked by llmctl/schemas/eval.py (shared by eval and compare).
 OPTIONS = {
     "tasks": ("tasks", _tasks),
-    "data_dir": "data_dir",
-    "num_fewshot": "num_fewshot",
-    "limit": "limit",
-    "batch_size": "batch_size",
-    "seed": "seed",
-    "apply_chat_template": "apply_chat_template",
-    "dtype": "dtype",
-    "device": "device",
-    "log_samples": "log_samples",
-    "data": "data",
     "seqlen": "perplexity.seqlen",
     "stride": "perplexity.stride",
     "max_tokens": "perplexity.max_tokens",
     "length_buckets": ("perplexity.length_buckets", int_list),
     "context_lengths": ("passkey.context_lengths", int_list),
-    "reward_model": "reward_model",
-    "reference": "reference",
     **ROPE_OPTIONS,
 }
 

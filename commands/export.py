@@ -32,10 +32,6 @@ from llmctl.cli._common import (
 OPTIONS = {
     "format_": "format",
     "type_": "type",
-    "bits": "bits",
-    "group_size": "group_size",
-    "lora_gguf": "lora_gguf",
-    "template": "template",
     "check": "check.enabled",
     "check_data": "check.data",
     "max_ppl_increase": "check.max_ppl_increase",

@@ -53,8 +53,6 @@ from llmctl.cli._common import (
 
 # Option → profile key: every value given here is checked by llmctl/schemas/finetune.py.
 OPTIONS = {
-    "method": "method",
-    "objective": "objective",
     "template": "data.template",
     "packing": "data.packing",
     "reward_model": "reward.model",

@@ -37,30 +37,7 @@ from llmctl.cli._common import (
 )
 
 # Option → profile key: every value given here is checked by llmctl/schemas/generate.py.
-OPTIONS = {
-    name: name
-    for name in (
-        "max_new_tokens",
-        "temperature",
-        "top_k",
-        "top_p",
-        "do_sample",
-        "num_beams",
-        "length_penalty",
-        "repetition_penalty",
-        "frequency_penalty",
-        "presence_penalty",
-        "stop",
-        "seed",
-        "num_return_sequences",
-        "chat",
-        "system",
-        "batch_size",
-        "dtype",
-        "device",
-        "backend",
-    )
-} | ROPE_OPTIONS
+OPTIONS = dict(ROPE_OPTIONS)  # every other option is named like its key (see schema_options)
 
 
 @schema_options("generate", OPTIONS)

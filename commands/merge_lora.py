@@ -27,7 +27,7 @@ from llmctl.cli._common import (
 )
 
 # Option → profile key: every value given here is checked by llmctl/schemas/merge_lora.py.
-OPTIONS = {"dtype": "dtype", "requantize": "requantize"}
+OPTIONS: dict = {}  # every option is named like its key (see schema_options)
 
 
 @schema_options("merge-lora", OPTIONS)

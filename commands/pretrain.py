@@ -45,8 +45,10 @@ from llmctl.cli._common import (
     schema_options,
 )
 
+OPTIONS = TRAIN_OPTIONS | ROPE_OPTIONS
 
-@schema_options("pretrain", TRAIN_OPTIONS | ROPE_OPTIONS)
+
+@schema_options("pretrain", OPTIONS)
 def pretrain(
     ctx: typer.Context,
     data: Annotated[Path, typer.Option("--data", "-d", help="Tokenized data dir (from `llmctl tokenize encode`).")],
@@ -92,7 +94,7 @@ def pretrain(
     config = resolve(
         ctx,
         "pretrain",
-        TRAIN_OPTIONS | ROPE_OPTIONS,
+        OPTIONS,
         estimate=lambda c: estimate(data, c, tokenizer, estimate_steps or 0),
     )
     result = run_pretrain(

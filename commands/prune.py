@@ -35,15 +35,7 @@ from llmctl.cli._common import (
 )
 
 # Option → profile key: every value given here is checked by llmctl/schemas/prune.py.
-OPTIONS = {
-    "method": "method",
-    "sparsity": "sparsity",
-    "pattern": "pattern",
-    "structure": "structure",
-    "ratio": "ratio",
-    "true_sequential": "true_sequential",
-    **CALIB_OPTIONS,
-}
+OPTIONS = dict(CALIB_OPTIONS)  # the rest are named like their keys (see schema_options)
 
 
 @schema_options("prune", OPTIONS)

@@ -37,20 +37,12 @@ from llmctl.cli._common import (
 
 # Option → profile key: every value given here is checked by llmctl/schemas/quantize.py.
 OPTIONS = {
-    "backend": "backend",
-    "algo": "algo",
-    "bits": "bits",
-    "group_size": "group_size",
-    "sym": "sym",
     **CALIB_OPTIONS,
     "act_order": "gptq.act_order",
     "true_sequential": "gptq.true_sequential",
     "alpha": "smoothquant.alpha",
     "awq": "openvino.awq",
     "scale_estimation": "openvino.scale_estimation",
-    "max_loss": "max_loss",
-    "max_trials": "max_trials",
-    "save_format": "save_format",
 }
 
 

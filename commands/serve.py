@@ -32,23 +32,7 @@ from llmctl.cli._common import (
 from llmctl.errors import UsageError
 
 # Option → profile key: every value given here is checked by llmctl/schemas/serve.py.
-OPTIONS = {
-    name: name
-    for name in (
-        "host",
-        "port",
-        "backend",
-        "max_concurrency",
-        "max_model_len",
-        "api_key_env",
-        "allowed_hosts",
-        "threads",
-        "tensor_parallel_size",
-        "json_logs",
-        "dtype",
-        "device",
-    )
-} | ROPE_OPTIONS
+OPTIONS = dict(ROPE_OPTIONS)  # every other option is named like its key (see schema_options)
 
 
 @schema_options("serve", OPTIONS)

@@ -19,17 +19,17 @@ near tie on the default model (0.09 logits), which then answers "What is the cap
 llama.cpp Q4_1 60–62 tokens/s, OpenVINO GenAI int8 41–51, transformers fp32 8–10 (shared/field-notes.md,
 idle machine).
 
-The fp32 IR (`NAME-ov-fp32`, a registry child made once by optimum-intel's export with the weights as they
-are, run with fp32 inference and an fp32 KV cache) answers like transformers fp32 at about twice its speed
-(benchmarks/generate.py). Making it costs about a minute and a second copy of the weights, more than a short
-command saves, so `auto` uses it when it is already cached and still valid (the source entry unchanged), and
-makes it only for a `generate` whose work is at least AUTO_CONVERT_TOKENS new tokens (prompts × answers ×
---max-new-tokens). The conversion says so on stderr once. `serve --backend auto` keeps hf for such entries:
-its clients ask for what only hf answers (lm-eval's log-probs through `echo`, `logit_bias`, JSON-schema output)
-and a server cannot switch backends per request; `serve --backend openvino --openvino-bits 32` serves the IR
-on purpose (those requests then get a 400 naming `--backend hf`). The hf backend also stays the default for
-what only it does in `generate` (beam search, --adapter, an explicit --dtype, RoPE scaling), and `--backend
-hf` always runs transformers.
+The fp32 IR (`NAME-ov-fp32`, a registry child made once by optimum-intel's export with the weights as they are,
+run with fp32 inference and an fp32 KV cache) answers like transformers fp32 at about 2.5x its speed
+(benchmarks/generate.py: 20/20 greedy texts equal). Making it costs ~20 s on 2 idle cores and a second copy of
+the weights, more than a short command saves, so `auto` uses it when it is already cached and still valid (the
+source entry unchanged), and makes it only for a `generate` whose work is at least AUTO_CONVERT_TOKENS new
+tokens (prompts × answers × --max-new-tokens). The conversion says so on stderr once. `serve --backend auto`
+keeps hf for such entries: its clients ask for what only hf answers (lm-eval's log-probs through `echo`,
+`logit_bias`, JSON-schema output) and a server cannot switch backends per request; `serve --backend openvino
+--openvino-bits 32` serves the IR on purpose (those requests then get a 400 naming `--backend hf`). The hf
+backend also stays the default for what only it does in `generate` (beam search, --adapter, an explicit --dtype,
+RoPE scaling), and `--backend hf` always runs transformers.
 
 Examples:
     name, why = choose(resolve_model("model.Q4_K_M.gguf"))   # ("llamacpp", "the model is a GGUF file")
@@ -96,9 +96,10 @@ def check_name(name: str) -> str:
 
 
 # New tokens a `generate` must ask for at most before `auto` converts an entry to its fp32 OpenVINO IR. The
-# conversion (C s) buys 1/hf − 1/ov s per token. Default model, 2-core AMD EPYC, 2026-12-04, machine loaded:
-# C = 187 s, hf ~1.2 tok/s, IR ~5 → break-even ~300 tokens; idle (estimated: hf 8.2, IR ~2x, C ~1 min) ~1,000.
-# At 2,048 the run that makes the IR is about as fast as hf would have been; later runs gain all of it.
+# conversion (C s) buys 1/hf − 1/ov s per token. Default model, 2-core AMD EPYC, 2026-12-04
+# (benchmarks/generate.py): idle C = 18.6 s, hf 13.7 tok/s, IR 33.7 → break-even ~430 tokens, plus ~6 s to build
+# the pipeline on every run; loaded C = 187 s, hf ~1.2, IR ~6 → ~300. 2,048 keeps one-shot commands (the demo's,
+# the tests') from paying a conversion they would not earn back, while a batch run earns it in its first run.
 AUTO_CONVERT_TOKENS = 2048
 
 
