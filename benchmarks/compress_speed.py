@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+from llmctl.runtime.host import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
 WIKI = ROOT.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
 BASELINE_REV = "303b9f8"  # the last landed main before issue 16: INC GPTQ/AWQ and the per-column SparseGPT
@@ -303,16 +305,6 @@ def main() -> None:
     print(text)
     if args.out:
         Path(args.out).write_text(text)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

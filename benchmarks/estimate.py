@@ -19,11 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from llmctl.runtime.host import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -45,16 +46,6 @@ _MEASURE = (
     "sys.stderr.write(rc.stderr[-2000:] if rc.returncode else '')\n"
     "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 if rc.returncode == 0 else -1)\n"
 )
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def estimate(cmd: list[str], env: dict) -> dict:

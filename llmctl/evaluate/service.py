@@ -351,20 +351,12 @@ def lineage(name: str) -> list[dict]:
     """The model's ancestry: [{name, format, command}, …] from itself up through its parents."""
     from llmctl.models.registry import Registry
 
-    reg = Registry()
-    out, queue, seen = [], [name], set()
-    while queue:
-        current = queue.pop(0)
-        if current in seen:
-            continue
-        seen.add(current)
-        entry = reg.find(current)
-        if entry is None:
-            out.append({"name": current, "format": None, "command": None})
-            continue
-        out.append({"name": entry.name, "format": entry.format, "command": entry.command, "parents": entry.parents})
-        queue.extend(entry.parents)
-    return out
+    return [
+        {"name": n, "format": None, "command": None}
+        if e is None
+        else {"name": e.name, "format": e.format, "command": e.command, "parents": e.parents}
+        for n, e in Registry().ancestry(name)
+    ]
 
 
 def attach_results(

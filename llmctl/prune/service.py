@@ -303,12 +303,9 @@ def estimate(model: str, config: dict) -> dict:
     Examples:
         estimate("smollm2-135m-instruct", resolve_config("prune"))["peak_bytes"]
     """
-    from llmctl.training.estimate import compress_check, unavailable
+    from llmctl.training.estimate import dry_run_compress
 
-    try:
-        return compress_check(model, config, "prune", check=False)
-    except LlmctlError as exc:
-        return unavailable(exc)
+    return dry_run_compress(model, config, "prune")
 
 
 def prune(

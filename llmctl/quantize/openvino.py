@@ -14,6 +14,19 @@ from llmctl.models.formats.openvino import require_openvino
 from llmctl.runtime.quiet import stdout_to_stderr
 
 
+def nncf_logs_to_stderr() -> None:
+    """NNCF logs its tables to stdout through its own StreamHandler; stdout is for results (`--json`).
+
+    Only that handler (exactly a StreamHandler) is moved: the nncf logger may also hold handlers others put
+    there (pytest's log capture copies itself onto it), whose streams are not ours to change.
+    """
+    import logging
+
+    for handler in logging.getLogger("nncf").handlers:
+        if type(handler) is logging.StreamHandler:
+            handler.stream = sys.stderr  # (setStream would flush a stream that may be closed)
+
+
 def openvino_compress(src_dir: str, dest: Path, cfg: dict, calib_texts: list[str] | None) -> None:
     """Export to OpenVINO IR with NNCF weight compression (int8 per-channel, int4 grouped, AWQ, scale estimation)."""
     require_openvino()
@@ -22,10 +35,8 @@ def openvino_compress(src_dir: str, dest: Path, cfg: dict, calib_texts: list[str
     import nncf
     from optimum.intel import OVModelForCausalLM, OVWeightQuantizationConfig
 
-    nncf.set_log_level(logging.WARNING)  # NNCF logs its tables to stdout; stdout is for results
-    for handler in logging.getLogger("nncf").handlers:
-        if isinstance(handler, logging.StreamHandler):
-            handler.stream = sys.stderr  # (setStream would flush a stream that may be closed)
+    nncf.set_log_level(logging.WARNING)
+    nncf_logs_to_stderr()
     ov = cfg["openvino"]
     kwargs = dict(bits=cfg["bits"], sym=cfg["sym"])
     if cfg["bits"] == 4:
@@ -68,6 +79,7 @@ def openvino_export_fp32(src_dir: str, dest: Path) -> None:
     from optimum.exporters.openvino import main_export
     from optimum.intel import OVConfig
 
+    nncf_logs_to_stderr()
     with stdout_to_stderr(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shapes the IR keeps dynamic anyway
         # ov_config dtype fp32: no fp16 constants and no automatic int8 (optimum compresses models > 1B

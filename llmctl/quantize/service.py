@@ -149,13 +149,9 @@ def estimate(model: str, config: dict) -> dict:
     Examples:
         estimate("smollm2-135m-instruct", resolve_config("quantize"))["peak_bytes"]
     """
-    from llmctl.errors import LlmctlError
-    from llmctl.training.estimate import compress_check, unavailable
+    from llmctl.training.estimate import dry_run_compress
 
-    try:
-        return compress_check(model, config, "quantize", check=False)
-    except LlmctlError as exc:
-        return unavailable(exc)
+    return dry_run_compress(model, config, "quantize")
 
 
 def quantize(

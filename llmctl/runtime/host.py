@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import platform
 import socket
 from pathlib import Path
 
@@ -48,3 +49,18 @@ def host_id() -> str:
 def same_host(other_id: str) -> bool:
     """Whether a host id was written on this host (this boot or an earlier one)."""
     return other_id[:4] == host_id()[:4]
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), for the machine a measurement came from; "unknown" elsewhere.
+
+    Examples:
+        cpu_name()   # "AMD EPYC" or "Intel(R) Xeon(R) Platinum 8488C"
+    """
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

@@ -69,28 +69,19 @@ def registry_facts(name: str | None) -> dict:
         return {"registry_name": None, "lineage": [], "metrics": {}}
     from llmctl.models.registry import Registry
 
-    reg = Registry()
-    lineage, queue, seen = [], [name], set()
-    while queue and len(lineage) < MAX_LINEAGE:
-        current = queue.pop(0)
-        if current in seen:
-            continue
-        seen.add(current)
-        entry = reg.find(current)
-        if entry is None:
-            lineage.append({"name": current, "format": None, "command": None, "parents": [], "metrics": {}})
-            continue
-        lineage.append(
-            {
-                "name": entry.name,
-                "format": entry.format,
-                "command": entry.command,
-                "parents": entry.parents,
-                "created": entry.created,
-                "metrics": entry.metrics,
-            }
-        )
-        queue.extend(entry.parents)
+    lineage = [
+        {"name": n, "format": None, "command": None, "parents": [], "metrics": {}}
+        if e is None
+        else {
+            "name": e.name,
+            "format": e.format,
+            "command": e.command,
+            "parents": e.parents,
+            "created": e.created,
+            "metrics": e.metrics,
+        }
+        for n, e in Registry().ancestry(name, limit=MAX_LINEAGE)
+    ]
     return {"registry_name": name, "lineage": lineage, "metrics": lineage[0]["metrics"]}
 
 

@@ -272,6 +272,18 @@ def compress_check(model: str, config: dict, command: str, check: bool = True) -
     return est
 
 
+def dry_run_compress(model: str, config: dict, command: str) -> dict:
+    """What quantize's and prune's `--dry-run` show: the estimate of `model`, or why it cannot be made.
+
+    Examples:
+        dry_run_compress("smollm2-135m-instruct", resolve_config("prune"), "prune")["peak_bytes"]
+    """
+    try:
+        return compress_check(model, config, command, check=False)
+    except LlmctlError as exc:
+        return unavailable(exc)
+
+
 def unavailable(exc: LlmctlError) -> dict:
     """The estimate of a dry run whose model or data cannot be read (the config is still shown)."""
     return {"peak_bytes": None, "seconds_per_step": None, "breakdown": {}, "unavailable": str(exc)}
