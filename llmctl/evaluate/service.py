@@ -349,13 +349,14 @@ def _finish(
 
 def lineage(name: str) -> list[dict]:
     """The model's ancestry: [{name, format, command}, …] from itself up through its parents."""
+    from llmctl.models.lineage import ancestry
     from llmctl.models.registry import Registry
 
     return [
         {"name": n, "format": None, "command": None}
         if e is None
         else {"name": e.name, "format": e.format, "command": e.command, "parents": e.parents}
-        for n, e in Registry().ancestry(name)
+        for n, e in ancestry(Registry(), name)
     ]
 
 

@@ -188,18 +188,6 @@ class Registry:
             row = con.execute("SELECT * FROM models WHERE name = ?", (name,)).fetchone()
         return self._row(row) if row else None
 
-    def ancestry(self, name: str, limit: int | None = None) -> list[tuple[str, ModelEntry | None]]:
-        """(name, entry) of the model and then its parents, breadth first; None for one no longer registered."""
-        out, queue, seen = [], [name], set()
-        while queue and (limit is None or len(out) < limit):
-            current = queue.pop(0)
-            if current not in seen:
-                seen.add(current)
-                entry = self.find(current)
-                out.append((current, entry))
-                queue.extend(entry.parents if entry else [])
-        return out
-
     def get(self, name: str) -> ModelEntry:
         """The entry called name; an unknown name is an error listing close matches."""
         entry = self.find(name)

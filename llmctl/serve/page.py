@@ -67,6 +67,7 @@ def registry_facts(name: str | None) -> dict:
     """
     if name is None:
         return {"registry_name": None, "lineage": [], "metrics": {}}
+    from llmctl.models.lineage import ancestry
     from llmctl.models.registry import Registry
 
     lineage = [
@@ -80,7 +81,7 @@ def registry_facts(name: str | None) -> dict:
             "created": e.created,
             "metrics": e.metrics,
         }
-        for n, e in Registry().ancestry(name, limit=MAX_LINEAGE)
+        for n, e in ancestry(Registry(), name, limit=MAX_LINEAGE)
     ]
     return {"registry_name": name, "lineage": lineage, "metrics": lineage[0]["metrics"]}
 
