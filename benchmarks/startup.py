@@ -7,8 +7,8 @@ from other jobs falls on all of them alike; the JSON has every time, the medians
   tokenizer and model from the same folder, applies the chat template and generates 1 token greedily (goal:
   llmctl <= 0.5x the bare script), and vs llama.cpp (llama-cpp-python) loading the model's GGUF and answering
   one token, where llama-cpp-python is installed (goal: <= 5x);
-- `prewarmed`: the same generate forked from a process that has already imported torch, transformers and
-  llmctl: what an opt-in warm worker that forks per command could reach at best (its socket round trip aside).
+- `worker_*`: the same llmctl commands while `llmctl worker start` runs (each forked from the warm worker;
+  the fresh-process rows run beside it with LLMCTL_WORKER=0), and `worker_generate_vs_*` their ratios.
 
 Examples:
     .venv/bin/python benchmarks/startup.py
@@ -73,60 +73,20 @@ def run_once(cmd: list[str], env: dict) -> float:
     return secs
 
 
-# a stand-in for an opt-in warm worker: imports what `generate` imports (runs nothing, so no OpenMP threads exist),
-# then for each line on stdin (a JSON argv) forks a child that runs llmctl's entry point, and prints its seconds
-PREWARMED = """
-import json, os, sys, time
-from llmctl.runtime.threads import tame_openmp_spin
-tame_openmp_spin()
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-import transformers
-import llmctl.cli.generate, llmctl.inference.generate, llmctl.models.loading
-from llmctl.cli.main import run
-config = json.load(open(os.path.join(sys.argv[1], "config.json")))
-for arch in config.get("architectures") or []:
-    getattr(transformers, arch, None)  # the model class's module (modeling_llama ...)
-print("ready", flush=True)
-for line in sys.stdin:
-    t0 = time.perf_counter()
-    pid = os.fork()
-    if pid == 0:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
-        sys.argv = ["llmctl", *json.loads(line)]
-        try:
-            run()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    print(json.dumps([time.perf_counter() - t0, os.waitstatus_to_exitcode(status)]), flush=True)
-"""
+class Worker:
+    """`llmctl worker start` in a private runtime folder for this run; the same commands timed through it."""
 
+    def __init__(self, env: dict):
+        self.env = {**env, "XDG_RUNTIME_DIR": tempfile.mkdtemp(prefix="llmctl-bench-run-")}
+        os.chmod(self.env["XDG_RUNTIME_DIR"], 0o700)
+        run_once([LLMCTL, "worker", "start", "--idle-timeout", "0"], self.env)
 
-class Prewarmed:
-    """The PREWARMED process: `time(argv)` forks one command from it and returns its seconds."""
-
-    def __init__(self, model_path: str, env: dict):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", PREWARMED, model_path], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        if self.proc.stdout.readline().strip() != "ready":
-            raise SystemExit("the prewarmed process failed to start")
-
-    def time(self, argv: list[str]) -> float:
-        self.proc.stdin.write(json.dumps(argv) + "\n")
-        self.proc.stdin.flush()
-        secs, code = json.loads(self.proc.stdout.readline())
-        if code != 0:
-            raise SystemExit(f"prewarmed llmctl {' '.join(argv[:2])} failed ({code})")
-        return secs
+    def served(self) -> int:
+        out = subprocess.run([LLMCTL, "worker", "status", "--json"], env=self.env, capture_output=True, text=True)
+        return json.loads(out.stdout).get("served", 0)
 
     def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait()
+        run_once([LLMCTL, "worker", "stop"], self.env)
 
 
 def main() -> None:
@@ -134,7 +94,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct", help="registry name or HF folder")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--prompt", default="What is the capital of France?")
-    ap.add_argument("--no-prewarmed", action="store_true", help="skip the forked (warm worker) estimate")
+    ap.add_argument("--no-worker", action="store_true", help="skip the rows timed through `llmctl worker`")
     ap.add_argument(
         "--baseline-llmctl",
         help="another llmctl command line (e.g. `python run_old_checkout.py`) timed alongside, as baseline_* rows",
@@ -170,34 +130,44 @@ def main() -> None:
         llamacpp = "measured"
     except Exception:
         pass
+    warm = None if args.no_worker else Worker(env)
+    fresh_env = {**(warm.env if warm else env), "LLMCTL_WORKER": "0"}
+    warm_cmds = {f"worker_{n}": cmds[n] for n in ("help", "models_list", "generate_1_token")} if warm else {}
     for cmd in cmds.values():  # one untimed round: page cache and the import-structure cache warm for all
-        run_once(cmd, env)
-    times: dict[str, list[float]] = {name: [] for name in cmds}
-    warm = None if args.no_prewarmed else Prewarmed(model_path, env)
-    if warm is not None:
-        warm.time(gen)  # untimed, as above
-        times["prewarmed_generate_1_token"] = []
+        run_once(cmd, fresh_env)
+    for cmd in warm_cmds.values():
+        run_once(cmd, warm.env)
+    served = warm.served() if warm else 0
+    times: dict[str, list[float]] = {name: [] for name in (*cmds, *warm_cmds)}
     load_before = os.getloadavg()
     for _ in range(args.repeats):
         for name, cmd in cmds.items():
-            times[name].append(run_once(cmd, env))
-        if warm is not None:
-            times["prewarmed_generate_1_token"].append(warm.time(gen))
+            times[name].append(run_once(cmd, fresh_env))
+        for name, cmd in warm_cmds.items():
+            times[name].append(run_once(cmd, warm.env))
     if warm is not None:
+        served = warm.served() - served
         warm.close()
+        if served != len(warm_cmds) * args.repeats:
+            raise SystemExit(f"the worker served {served} of {len(warm_cmds) * args.repeats} timed commands")
     med = {name: round(statistics.median(ts), 3) for name, ts in times.items()}
     ratios = {"generate_vs_bare_transformers": round(med["generate_1_token"] / med["bare_transformers"], 3)}
     if "bare_llamacpp" in med:
         ratios["generate_vs_llamacpp"] = round(med["generate_1_token"] / med["bare_llamacpp"], 3)
-    if "prewarmed_generate_1_token" in med:
-        ratios["prewarmed_vs_bare_transformers"] = round(
-            med["prewarmed_generate_1_token"] / med["bare_transformers"], 3
+    if warm is not None:
+        ratios["worker_generate_vs_bare_transformers"] = round(
+            med["worker_generate_1_token"] / med["bare_transformers"], 3
         )
+        if "bare_llamacpp" in med:
+            ratios["worker_generate_vs_llamacpp"] = round(med["worker_generate_1_token"] / med["bare_llamacpp"], 3)
     for name in ("help", "models_list", "profiles_list", "generate_1_token"):
         if f"baseline_{name}" in med:
             ratios[f"{name}_vs_baseline"] = round(med[name] / med[f"baseline_{name}"], 3)
     goals = {
         "generate <= 0.5x bare transformers": ratios["generate_vs_bare_transformers"] <= 0.5,
+        "worker generate <= 0.5x bare transformers": ratios.get("worker_generate_vs_bare_transformers", 9) <= 0.5
+        if warm
+        else None,
         "generate <= 5x llama.cpp": ratios["generate_vs_llamacpp"] <= 5 if "generate_vs_llamacpp" in ratios else None,
         **{f"{n} <= 0.3 s": med[n] <= 0.3 for n in ("help", "models_list", "profiles_list")},
     }

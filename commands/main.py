@@ -63,6 +63,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "profiles": ("profiles", "app", "List and show profiles (YAML settings per command)."),
     "eval": ("eval", "app", "Evaluate a model on lm-eval tasks and perplexity, offline, with optional CI gates."),
     "tokenize": ("tokenize", "app", "Train tokenizers, encode corpora into token shards, inspect tokenization."),
+    "worker": (
+        "worker",
+        "app",
+        "Start, stop and inspect the opt-in warm worker that later commands reuse (skips start-up imports).",
+    ),
 }
 
 
@@ -234,8 +239,3 @@ def root(
 
     Models live in a registry under $LLMCTL_HOME; every command takes registry names or paths.
     """
-
-
-def run() -> None:
-    """Console-script entry point."""
-    app()

@@ -10,6 +10,15 @@ mkdir -p "$DEMO_OUT"
 echo "== llmctl demo (LLMCTL_HOME=$LLMCTL_HOME)"
 TIMES=()
 START=$SECONDS
+# The warm worker (`llmctl worker`, docs/commands/worker.md): the demo's ~50 commands fork from one process that
+# imported torch, transformers and peft once instead of each paying seconds of start-up. LLMCTL_WORKER=0 skips it.
+if [ "${LLMCTL_WORKER:-1}" != 0 ]; then
+  echo "== worker"
+  t0=$SECONDS
+  llmctl worker start --idle-timeout 0
+  trap 'llmctl worker stop' EXIT
+  TIMES+=("$(printf '%-16s %5d s' "worker start" $((SECONDS - t0)))")
+fi
 for stage in demo/stages/*.sh; do
   echo
   echo "== stage: $(basename "$stage" .sh)"

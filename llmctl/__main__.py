@@ -4,7 +4,7 @@ Examples:
     python -m llmctl models list
 """
 
-from llmctl.cli.main import run
+from llmctl.cli._entry import run
 
 if __name__ == "__main__":
     run()

@@ -29,6 +29,7 @@ FORMATS_DATA = (
     "llmctl.schemas",
     "llmctl.models.formats",
     "llmctl.models.registry",
+    "llmctl.models.registry_index",
     "llmctl.models.locks",
     "llmctl.models.default",
     "llmctl.models.rope",

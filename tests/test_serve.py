@@ -34,7 +34,7 @@ class ServerProcess:
 
     def __init__(self, args: list[str], home: Path, env: dict | None = None):
         full_env = {**os.environ, "LLMCTL_HOME": str(home), "OMP_NUM_THREADS": "1", **(env or {})}
-        code = "from llmctl.cli.main import run; run()"
+        code = "from llmctl.cli._entry import run; run()"
         self.proc = subprocess.Popen(
             [sys.executable, "-c", code, "serve", "--port", "0", *args],
             env=full_env,

@@ -389,7 +389,7 @@ def step(self, admitted):
     return _step(self, admitted)
 
 engine.Engine._step = step
-from llmctl.cli.main import run
+from llmctl.cli._entry import run
 run()
 """
 

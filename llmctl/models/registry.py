@@ -1,6 +1,6 @@
 """The model registry: names → artifacts on disk, with lineage and metrics.
 
-An SQLite index (`$LLMCTL_HOME/registry.db`) plus one folder per model under
+An SQLite index (`$LLMCTL_HOME/registry.db`, `registry_index.py`) plus one folder per model under
 `$LLMCTL_HOME/models/<name>`. Every write is one transaction; folders are written to a temp
 dir and renamed into place, so parallel processes never see or leave half an entry. Every command
 that creates an entry goes through one path: `reserve` (before any work: the name is valid and free)
@@ -23,56 +23,17 @@ import json
 import os
 import re
 import shutil
-import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from llmctl.errors import LlmctlError
 from llmctl.models import formats
 from llmctl.models.locks import release_name_lock, take_name_lock
+from llmctl.models.registry_index import ModelEntry, RegistryIndex
 from llmctl.paths import delete_path, fsync_dir, fsync_tree, kill_point, llmctl_home, remove_stale_temps, temp_prefix
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS models (
-    name     TEXT PRIMARY KEY,
-    format   TEXT NOT NULL,
-    path     TEXT NOT NULL,
-    created  REAL NOT NULL,
-    parents  TEXT NOT NULL DEFAULT '[]',   -- JSON list of registry names
-    command  TEXT NOT NULL DEFAULT '',     -- the command line that produced it
-    profile  TEXT NOT NULL DEFAULT '{}',   -- JSON: the resolved config of that run
-    metrics  TEXT NOT NULL DEFAULT '{}',   -- JSON: {"task.metric": value, ...}
-    meta     TEXT NOT NULL DEFAULT '{}',   -- JSON: format-specific facts (bits, sizes, ...)
-    managed  INTEGER NOT NULL DEFAULT 1    -- 1 when the folder lives under LLMCTL_HOME/models
-);
-"""
-
-
-@dataclass
-class ModelEntry:
-    """One registry entry.
-
-    Examples:
-        ModelEntry(name="tiny", format="hf", path="/x/tiny", parents=["base"])
-    """
-
-    name: str
-    format: str
-    path: str
-    created: float = field(default_factory=time.time)
-    parents: list[str] = field(default_factory=list)
-    command: str = ""
-    profile: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
-    meta: dict = field(default_factory=dict)
-    managed: bool = True
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 def validate_name(name: str) -> str:
@@ -108,85 +69,24 @@ class Registry:
                 hint="set LLMCTL_HOME to a folder you can write to",
             ) from exc
         self.db_path = self.home / "registry.db"
-        with self._connect() as con:
-            con.executescript(_SCHEMA)
+        self.index = RegistryIndex(self.db_path)
 
     def damaged(self, what: str) -> LlmctlError:
-        return LlmctlError(
-            f"the registry index {self.db_path} is damaged ({what})",
-            hint="run `llmctl models doctor --fix`: it keeps the damaged file as a backup and "
-            "rebuilds the index from the model folders",
-        )
-
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves so writers serialize
-        # instead of failing with "database is locked"; timeout in seconds.
-        try:
-            con = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise LlmctlError(
-                f"cannot open registry {self.db_path}: {exc}", hint="check LLMCTL_HOME is a writable folder"
-            ) from exc
-        try:
-            yield con
-        except sqlite3.DatabaseError as exc:
-            text = str(exc)
-            if "not a database" in text or "malformed" in text or "no such table" in text or "no such column" in text:
-                raise self.damaged(text) from exc
-            raise LlmctlError(f"registry {self.db_path}: {text}", hint="retry the command") from exc
-        finally:
-            con.close()
-
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._connect() as con:
-            for attempt in range(50):
-                try:
-                    con.execute("BEGIN IMMEDIATE")
-                    break
-                except sqlite3.OperationalError:
-                    time.sleep(0.05 * (attempt + 1))
-            else:
-                raise LlmctlError(f"registry {self.db_path} stayed locked", hint="retry the command")
-            try:
-                yield con
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+        return self.index.damaged(what)
 
     # ---- reading -------------------------------------------------------------------------
 
-    def _row(self, row: tuple) -> ModelEntry:
-        name, fmt, path, created, parents, command, profile, metrics, meta, managed = row
-        try:
-            return ModelEntry(
-                name,
-                fmt,
-                path,
-                created,
-                json.loads(parents),
-                command,
-                json.loads(profile),
-                json.loads(metrics),
-                json.loads(meta),
-                bool(managed),
-            )
-        except (TypeError, ValueError) as exc:
-            raise self.damaged(f"the row of {name!r} is not valid JSON: {exc}") from exc
-
     def list(self) -> list[ModelEntry]:
         """All entries, oldest first."""
-        with self._connect() as con:
+        with self.index.connect() as con:
             rows = con.execute("SELECT * FROM models ORDER BY created, name").fetchall()
-        return [self._row(r) for r in rows]
+        return [self.index.entry(r) for r in rows]
 
     def find(self, name: str) -> ModelEntry | None:
         """The entry called name, or None."""
-        with self._connect() as con:
+        with self.index.connect() as con:
             row = con.execute("SELECT * FROM models WHERE name = ?", (name,)).fetchone()
-        return self._row(row) if row else None
+        return self.index.entry(row) if row else None
 
     def get(self, name: str) -> ModelEntry:
         """The entry called name; an unknown name is an error listing close matches."""
@@ -247,7 +147,7 @@ class Registry:
         formats.get(entry.format)
         final = self.model_dir(entry.name)
         old: Path | None = None
-        with self._write() as con:
+        with self.index.write() as con:
             row = con.execute("SELECT * FROM models WHERE name = ?", (entry.name,)).fetchone()
             if row is not None:
                 if not force:
@@ -269,21 +169,7 @@ class Registry:
                 fsync_dir(final.parent)
                 entry.path = str(final)
                 entry.managed = True
-            con.execute(
-                "INSERT INTO models VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (
-                    entry.name,
-                    entry.format,
-                    entry.path,
-                    entry.created,
-                    json.dumps(entry.parents),
-                    entry.command,
-                    json.dumps(entry.profile, default=str),
-                    json.dumps(entry.metrics),
-                    json.dumps(entry.meta, default=str),
-                    int(entry.managed),
-                ),
-            )
+            self.index.insert(con, entry)
         if old is not None:
             delete_path(old)
         _report_metrics(entry, entry.metrics, new=True)
@@ -302,11 +188,11 @@ class Registry:
             Registry().remove("old-run", delete_files=True)
             Registry().remove("base", delete_files=True, protect_children=True)   # refused if others derive from it
         """
-        with self._write() as con:
+        with self.index.write() as con:
             row = con.execute("SELECT * FROM models WHERE name = ?", (name,)).fetchone()
             if row is None:
                 raise self.unknown(name)
-            entry = self._row(row)
+            entry = self.index.entry(row)
             target = Path(entry.path)
             deleting = delete_files and entry.managed and (target.exists() or target.is_symlink())
             if deleting and not target.is_symlink():  # (a link goes, what it points to stays)
@@ -334,7 +220,7 @@ class Registry:
         return self._update(name, "meta", meta)
 
     def _update(self, name: str, column: str, values: dict) -> ModelEntry:
-        with self._write() as con:
+        with self.index.write() as con:
             row = con.execute(f"SELECT {column} FROM models WHERE name = ?", (name,)).fetchone()
             if row is None:
                 raise self.unknown(name)

@@ -3,9 +3,10 @@ at / with its /llmctl/v1/models/{model} (page.py).
 
 Every request passes `Guard` first (guard.py: header size, Host, Bearer API key with a constant-time compare,
 body size limit and read deadline, request metrics and one log line); bodies are parsed and validated by
-`protocol`; answers come from each model's `Engine` through an asyncio queue. A streaming client that goes away
-cancels its request (Starlette cancels the stream, `SSEResponse` closes the job even before its first chunk; the
-engine frees the slots at its next step); a non-streaming one is noticed by polling.
+`protocol`, then checked against the model and the server's limits (admission.py); answers come from each model's
+`Engine` through an asyncio queue. A streaming client that goes away cancels its request (Starlette cancels the
+stream, `SSEResponse` closes the job even before its first chunk; the engine frees the slots at its next step); a
+non-streaming one is noticed by polling.
 
 Examples:
     app = build_app([ServedModel("tiny", engine, resolved, "hf", "...")], ServeSettings(api_key="k"))
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import time
 from collections import defaultdict
@@ -33,11 +33,12 @@ from llmctl.inference.prompts import has_chat_template
 from llmctl.inference.sampling import SamplingParams
 from llmctl.serve import responses as R
 from llmctl.serve import tools as T
+from llmctl.serve.admission import check_budget, check_ids, read_json, sampling_params, templated_ids
 from llmctl.serve.echo import echo_prefixes
 from llmctl.serve.guard import Guard
 from llmctl.serve.metrics import Metrics
 from llmctl.serve.page import chat_page, model_info
-from llmctl.serve.protocol import ApiError, ChatRequest, CompletionRequest, error_body, lone_surrogate, parse
+from llmctl.serve.protocol import ApiError, ChatRequest, CompletionRequest, error_body, parse
 
 log = logging.getLogger("llmctl.serve")
 
@@ -146,36 +147,6 @@ class SSEResponse(StreamingResponse):
                 self.on_close()
 
 
-async def read_json(request: Request, limit: int):
-    """The request body as JSON; over `limit` bytes is a 413, malformed JSON a 400, another media type a 415.
-
-    Only application/json (or a +json type) is read: a web page can send text/plain, form data or an untyped
-    body to 127.0.0.1 without the browser asking the server first (a CORS "simple request"), and a server that
-    read those as JSON would run any page's request (CSRF).
-    """
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media != "application/json" and not media.endswith("+json"):
-        raise ApiError(
-            415,
-            f"the request body must be JSON with the header Content-Type: application/json (got {media or 'none'})",
-            code="unsupported_media_type",
-        )
-    size, parts = 0, []
-    async for part in request.stream():
-        size += len(part)
-        if size > limit:
-            raise ApiError(413, f"the request body is over {limit} bytes")
-        parts.append(part)
-    try:
-        data = json.loads(b"".join(parts))
-    except (ValueError, RecursionError) as exc:  # ValueError: bad JSON, bad UTF-8, or an int of > 4,300 digits
-        raise ApiError(400, f"the request body is not valid JSON ({str(exc).splitlines()[0][:200]})") from None
-    where = lone_surrogate(data)
-    if where:
-        raise ApiError(400, f"{where}: holds a lone UTF-16 surrogate, which is not text", param=where.split(".")[0])
-    return data
-
-
 class Server:
     """The routes' state: served models, settings and metrics."""
 
@@ -195,66 +166,6 @@ class Server:
                 code="model_not_found",
             )
         return self.models[name]
-
-    def check_budget(self, prompts: list[list[int]], n: int, max_tokens: int) -> None:
-        """One request's share of the server: prompts x n and their tokens (prompt + max_tokens) are capped."""
-        sequences = len(prompts) * n
-        if sequences > self.settings.max_sequences:
-            raise ApiError(
-                400, f"{sequences} sequences (prompts x n) asked; at most {self.settings.max_sequences}", param="n"
-            )
-        tokens = n * sum(len(p) + max_tokens for p in prompts)
-        if tokens > self.settings.max_request_tokens:
-            raise ApiError(
-                400,
-                f"the request asks for {tokens} tokens (prompts + max_tokens, times n); "
-                f"at most {self.settings.max_request_tokens} (max_request_tokens)",
-                param="max_tokens",
-            )
-
-    def params(
-        self, served: ServedModel, req, prompt_len: int, max_tokens: int | None, logprobs: int | None
-    ) -> SamplingParams:
-        """The request's SamplingParams; prompts or max_tokens beyond the model's length are a 400."""
-        limit = served.engine.backend.max_model_len
-        if prompt_len >= limit or (max_tokens is not None and prompt_len + max_tokens > limit):
-            asked = f" + max_tokens {max_tokens}" if max_tokens is not None else ""
-            raise ApiError(
-                400,
-                f"the prompt has {prompt_len} tokens{asked}; this model's maximum length is {limit} "
-                f"tokens (--max-model-len)",
-                param="max_tokens" if max_tokens else "messages",
-                code="context_length_exceeded",
-            )
-        vocab = served.engine.backend.codec.vocab_size
-        if req.top_k and req.top_k > vocab:
-            raise ApiError(400, f"top_k: must be at most the vocabulary size {vocab}, got {req.top_k}", param="top_k")
-        bias = req.biases(vocab)
-        if bias and not served.engine.backend.logit_bias:
-            raise ApiError(
-                400,
-                f"the {served.backend} backend does not apply logit_bias; serve with --backend hf",
-                param="logit_bias",
-            )
-        grammar = response_grammar(served, req.response_format)
-        if logprobs is not None and not served.engine.backend.logprobs:
-            raise ApiError(
-                400, f"the {served.backend} backend does not return logprobs; serve with --backend hf", param="logprobs"
-            )
-        return SamplingParams(
-            max_tokens=max_tokens or min(self.settings.default_max_tokens, limit - prompt_len),
-            temperature=1.0 if req.temperature is None else req.temperature,
-            top_p=1.0 if req.top_p is None else req.top_p,
-            top_k=req.top_k or 0,
-            seed=req.seed,
-            presence_penalty=req.presence_penalty,
-            frequency_penalty=req.frequency_penalty,
-            repetition_penalty=req.repetition_penalty,
-            stop=tuple(req.stops()),
-            logprobs=logprobs,
-            logit_bias=bias,
-            grammar=grammar,
-        )
 
     # ---- routes --------------------------------------------------------------------------------------------
 
@@ -297,14 +208,13 @@ class Server:
         raw = req.prompts()
         # tokenizing a 1 MiB body takes a while: off the event loop, so other requests are served meanwhile
         prompts = await asyncio.to_thread(
-            lambda: [codec.encode(p) if isinstance(p, str) else self._check_ids(p, codec) for p in raw]
+            lambda: [codec.encode(p) if isinstance(p, str) else check_ids(p, codec) for p in raw]
         )
         if any(not p for p in prompts):
             raise ApiError(400, "a prompt is empty", param="prompt")
-        params = self.params(
-            served, req, max(len(p) for p in prompts), 1 if req.max_tokens == 0 else req.max_tokens, req.logprobs
-        )
-        self.check_budget(prompts, req.n, params.max_tokens)
+        max_tokens = 1 if req.max_tokens == 0 else req.max_tokens
+        params = sampling_params(served, self.settings, req, max(len(p) for p in prompts), max_tokens, req.logprobs)
+        check_budget(self.settings, prompts, req.n, params.max_tokens)
         echoed = await echo_prefixes(served, req, prompts, raw) if req.echo else None
         rid, created = R.new_id("cmpl"), int(time.time())
         if req.max_tokens == 0:  # echo alone: the prompts scored, nothing generated
@@ -364,10 +274,10 @@ class Server:
             )
         T.check_request(req)
         messages, tools_arg = T.prompt_messages(req, T.supports_tools(codec))
-        ids = await asyncio.to_thread(_templated_ids, codec, messages, tools_arg)  # off the event loop
+        ids = await asyncio.to_thread(templated_ids, codec, messages, tools_arg)  # off the event loop
         k = (req.top_logprobs or 0) if req.logprobs else None
-        params = self.params(served, req, len(ids), req.max_completion_tokens or req.max_tokens, k)
-        self.check_budget([ids], req.n, params.max_tokens)
+        params = sampling_params(served, self.settings, req, len(ids), req.max_completion_tokens or req.max_tokens, k)
+        check_budget(self.settings, [ids], req.n, params.max_tokens)
         forced = T.forced_grammar(req)
         if forced is not None:
             if not served.engine.backend.structured:
@@ -429,38 +339,6 @@ class Server:
             yield R.sse("[DONE]")
         finally:
             job.close(self.metrics)
-
-    @staticmethod
-    def _check_ids(ids: list[int], codec) -> list[int]:
-        if any(t < 0 or t >= codec.vocab_size for t in ids):
-            raise ApiError(400, f"prompt token ids must be in [0, {codec.vocab_size})", param="prompt")
-        return ids
-
-
-def _templated_ids(codec, messages: list[dict], tools) -> list[int]:
-    try:
-        text = codec.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, tools=tools)
-    except Exception as exc:  # the template itself refuses (e.g. roles that do not alternate)
-        raise ApiError(400, f"the model's chat template refused these messages ({exc})", param="messages") from None
-    return codec.encode(text)
-
-
-def response_grammar(served: ServedModel, fmt) -> str | None:
-    """The grammar a response_format asks for (None for text); a 400 for a schema or backend that cannot."""
-    if fmt is None or fmt.type == "text":
-        return None
-    if not served.engine.backend.structured:
-        raise ApiError(
-            400,
-            f"the {served.backend} backend does not enforce response_format {fmt.type!r}; serve with --backend hf",
-            param="response_format",
-        )
-    from llmctl.inference.structured import json_grammar
-
-    try:
-        return json_grammar(fmt.schema())
-    except ValueError as exc:
-        raise ApiError(400, f"response_format: {exc}", param="response_format") from None
 
 
 async def _api_error(request: Request, exc: ApiError) -> Response:
