@@ -159,6 +159,20 @@ def test_a_client_that_dies_ends_its_command(worker):
         time.sleep(0.5)
 
 
+def test_a_command_killed_by_a_signal_ends_its_client_the_same_way(worker, tmp_path):
+    env, _ = worker
+    rows = [{"instruction": f"Say {w}.", "output": f"The {w} is here."} for w in ("fox", "dog", "cat", "owl") * 4]
+    data = tmp_path / "a.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ("finetune", "--model", "tiny", "--data", str(data), "--max-steps", "3", "--batch-size", "2",
+            "--seq-len", "64", "--eval-every", "0", "--name", "killed")  # fmt: skip
+    before = _served(env)
+    res = _run({**env, "LLMCTL_KILL_AT_STEP": "1"}, *args)  # the training loop SIGKILLs its own process at step 1
+    assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    assert _served(env) == before + 1
+
+
 def test_a_second_start_finds_the_running_worker(worker):
     env, _ = worker
     res = _run(env, "worker", "start")

@@ -111,7 +111,8 @@ def wait_for_exit(sock: socket.socket, pid: int) -> int:
     if "signal" in reply:  # ended by a signal: end the same way, so a shell sees what it would see
         sig = int(reply["signal"])
         sys.stdout.flush()
-        signal.signal(sig, signal.SIG_DFL)
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):  # those two cannot be caught, so need no reset
+            signal.signal(sig, signal.SIG_DFL)
         os.kill(os.getpid(), sig)
         return 128 + sig
     return int(reply.get("exit", 1))
