@@ -59,6 +59,7 @@ QUICK_align_quality    := --rm-steps 2 --rm-batch 2 --ppo-steps 1 --grpo-steps 1
                           --rollout-batch 2 --num-generations 2 --prompts-per-step 2
 QUICK_align_vs_trl     := --steps 1 --batch-size 2 --train-pairs 8 --heldout 4 --math-train 8 --math-heldout 4 \
                           --max-new-tokens 4 --num-generations 2 --prompts-per-step 2 --seq-len 128
+QUICK_recipes          := --steps 1 --math-train 8 --math-heldout 4 --heldout 4
 QUICK_durability       := --repeats 1 --kill-runs 2
 QUICK_eval_served      := --limit 5
 QUICK_eval_default     := --hellaswag-limit 20 --arc-limit 20 --ppl-max-tokens 4096 --seqlen 512 --stride 512

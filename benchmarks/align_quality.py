@@ -28,60 +28,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import random
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-HH = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-1800.jsonl"
+sys.path.insert(0, str(Path(__file__).parent))
+from _align_data import hh_split, log, math_problems, write_jsonl  # noqa: E402
+
+from llmctl.runtime.host import cpu_name  # noqa: E402
+
 SECTIONS = ("reward", "ppo", "grpo-rm", "grpo-math", "prefs")
 PREF_OBJECTIVES = ("dpo", "kto", "orpo", "simpo", "ipo")
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
 def split_hh(work: Path, heldout: int) -> tuple[Path, Path, list[dict]]:
-    """The shared pairs as train and held-out files (held-out = the last `heldout` lines), and the held-out records."""
-    lines = HH.read_text(encoding="utf-8").splitlines()
+    """The shared pairs as train and held-out files (held-out: the lines before the demo's) and its records."""
+    train_lines, held_lines = hh_split(heldout)
     train, held = work / "hh-train.jsonl", work / "hh-heldout.jsonl"
-    train.write_text("\n".join(lines[:-heldout]) + "\n", encoding="utf-8")
-    held.write_text("\n".join(lines[-heldout:]) + "\n", encoding="utf-8")
+    train.write_text("\n".join(train_lines) + "\n", encoding="utf-8")
+    held.write_text("\n".join(held_lines) + "\n", encoding="utf-8")
     from llmctl.data.sft import read_records
 
     return train, held, read_records(held)[0]
-
-
-def math_problems(n: int, seed: int) -> list[dict]:
-    """Two-number addition/subtraction problems with their answers (operands 0–99)."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        a, b = rng.randint(0, 99), rng.randint(0, 99)
-        op = rng.choice("+-")
-        answer = a + b if op == "+" else a - b
-        out.append({"prompt": f"What is {a} {op} {b}? Answer with the number.", "answer": str(answer)})
-    return out
-
-
-def cpu_name() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.machine()
-    return next(
-        (line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
-        platform.machine(),
-    )
 
 
 class Timer:
@@ -316,8 +285,9 @@ def main() -> None:  # noqa: C901 (one section after another)
             report["results"][section] = policy_report("base", section, prompts, rm, args)
     if "grpo-math" in only:
         with timer("grpo-math"):
-            math_train = write_jsonl(work / "math-train.jsonl", math_problems(args.math_train, seed=1))
-            math_held = math_problems(args.math_heldout, seed=2)
+            math_train_rows = math_problems(args.math_train, seed=1)
+            math_train = write_jsonl(work / "math-train.jsonl", math_train_rows)
+            math_held = math_problems(args.math_heldout, seed=2, exclude=math_train_rows)
             finetune_run(
                 "base",
                 math_train,

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -41,32 +40,13 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-HH = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-1800.jsonl"
-DEMO_HELDOUT = 200  # the demo's held-out pairs: the file's last lines, never touched here
+sys.path.insert(0, str(Path(__file__).parent))
+from _align_data import hh_split, log, math_problems, write_jsonl  # noqa: E402
+
+from llmctl.runtime.host import cpu_name  # noqa: E402
+
 SECTIONS = ("dpo", "kto", "grpo", "reward")
 LLMCTL = str(Path(sys.executable).parent / "llmctl")
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def math_problems(n: int, seed: int) -> list[dict]:
-    """Two-number addition/subtraction problems with their answers (operands 0-99), as align_quality.py makes."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        a, b, op = rng.randint(0, 99), rng.randint(0, 99), rng.choice("+-")
-        out.append(
-            {"prompt": f"What is {a} {op} {b}? Answer with the number.", "answer": str(a + b if op == "+" else a - b)}
-        )
-    return out
 
 
 def measured(cmd: list[str], env: dict) -> tuple[str, dict]:
@@ -309,8 +289,7 @@ def main() -> None:
     if args.threads:
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     llmctl("models", "import", base_path, "--name", "base", "--link", env=env)
-    lines = HH.read_text(encoding="utf-8").splitlines()[:-DEMO_HELDOUT]
-    train_lines, held_lines = lines[: -args.heldout], lines[-args.heldout :]
+    train_lines, held_lines = hh_split(args.heldout)
     train_lines = fitting(train_lines, base_path, args.seq_len)  # the same pairs for both sides, none cut
     if args.train_pairs:
         train_lines = train_lines[: args.train_pairs]
@@ -318,8 +297,9 @@ def main() -> None:
     pairs.write_text("\n".join(train_lines) + "\n", encoding="utf-8")
     held = work / "hh-heldout.jsonl"
     held.write_text("\n".join(held_lines) + "\n", encoding="utf-8")
-    math_train = write_jsonl(work / "math-train.jsonl", math_problems(args.math_train, seed=1))
-    math_held = write_jsonl(work / "math-heldout.jsonl", math_problems(args.math_heldout, seed=2))
+    math_rows = math_problems(args.math_train, seed=1)
+    math_train = write_jsonl(work / "math-train.jsonl", math_rows)
+    math_held = write_jsonl(work / "math-heldout.jsonl", math_problems(args.math_heldout, seed=2, exclude=math_rows))
     import torch
 
     report = {"benchmark": "align_vs_trl", "model": args.model, "settings": vars(args), "results": {}}
@@ -331,8 +311,6 @@ def main() -> None:
         report["results"][objective] = side_by_side(objective, data, heldout, args, env, work)
         if args.out:
             args.out.write_text(json.dumps(report, indent=2, default=str))
-    from align_quality import cpu_name
-
     report["machine"] = {"cpu": cpu_name(), "cores": os.cpu_count(), "note": "timings on a shared machine are 'loaded'"}
     text = json.dumps(report, indent=2, default=str)
     print(text)
@@ -341,5 +319,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).parent))
     main()

@@ -60,7 +60,10 @@ def test_dry_run_runs_every_step_and_writes_the_json(tiny_model, tmp_path):
     for name in ("finetune_lora", "finetune_qlora"):
         assert steps[name]["tokens_per_s"] > 0 and "mfu" in steps[name]
     assert "mfu" in steps["pretrain_gpt2_124m"] and steps["pretrain_gpt2_124m"]["steps"] == 3
-    assert steps["quantize_gptq_4bit"]["quantize_seconds"] > 0
+    # A tiny model quantizes in under 0.05 s on a fast CPU, which the service rounds to 0.0: check the
+    # field is reported and the bits are right, never the time itself.
+    gptq = steps["quantize_gptq_4bit"]
+    assert gptq["quantize_seconds"] >= 0 and gptq["bits"] == 4
     serve = steps["serve_vllm"]
     check = serve.get("cpu_check", serve)  # vllm absent: the load client ran against `serve --backend hf`
     assert check["status"] == "ok" and check["clients_1"]["requests"] == 2 and check["clients_64"]["tokens_per_s"] > 0
